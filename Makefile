@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch that lies on this machine's disk; a bare `torch` would pull CUDA wheels.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): server/pyproject.toml requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e server -r requirements-test.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m tpserve.demo
+
+bench: $(STAMP)
+	$(PY) bench/offline.py --device cpu
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,68 @@
+"""Reference attention over the paged cache in plain torch: runs anywhere, favours clarity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..batch import ForwardBatch
+from .base import AttentionBackend
+
+
+@dataclass(frozen=True)
+class _SeqView:
+    token_start: int
+    query_len: int
+    context_pages: torch.Tensor  # page id of each context position
+    context_offsets: torch.Tensor  # offset inside its page
+    causal_mask: torch.Tensor | None  # [query_len, context_len], None for single-token decode
+
+
+class TorchPagedAttention(AttentionBackend):
+    def plan(self, batch: ForwardBatch) -> None:
+        device = self.cache.layers[0].device
+        page_size = self.cache.shape.page_size
+        write_pages: list[int] = []
+        write_offsets: list[int] = []
+        self._seqs: list[_SeqView] = []
+        start = 0
+        for query_len, context_len, pages in zip(batch.query_lens, batch.context_lens, batch.page_tables):
+            positions = torch.arange(context_len)
+            page_ids = torch.tensor(pages, dtype=torch.int64)[positions // page_size]
+            offsets = positions % page_size
+            first_new = context_len - query_len
+            write_pages.extend(page_ids[first_new:].tolist())
+            write_offsets.extend(offsets[first_new:].tolist())
+            mask = None
+            if query_len > 1:
+                query_positions = torch.arange(first_new, context_len).unsqueeze(1)
+                mask = (positions.unsqueeze(0) <= query_positions).to(device)
+            self._seqs.append(_SeqView(start, query_len, page_ids.to(device), offsets.to(device), mask))
+            start += query_len
+        self._write_pages = torch.tensor(write_pages, dtype=torch.int64, device=device)
+        self._write_offsets = torch.tensor(write_offsets, dtype=torch.int64, device=device)
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        cache = self.cache.layers[layer]
+        cache[self._write_pages, 0, self._write_offsets] = k
+        cache[self._write_pages, 1, self._write_offsets] = v
+        group = self.shape.num_heads // self.shape.num_kv_heads
+        out = torch.empty_like(q)
+        for seq in self._seqs:
+            keys = cache[seq.context_pages, 0, seq.context_offsets]  # [context, kv_heads, dim]
+            values = cache[seq.context_pages, 1, seq.context_offsets]
+            if group > 1:
+                keys = keys.repeat_interleave(group, dim=1)
+                values = values.repeat_interleave(group, dim=1)
+            query = q[seq.token_start : seq.token_start + seq.query_len]
+            attended = F.scaled_dot_product_attention(
+                query.transpose(0, 1),
+                keys.transpose(0, 1),
+                values.transpose(0, 1),
+                attn_mask=seq.causal_mask,
+                scale=self.shape.scale,
+            )
+            out[seq.token_start : seq.token_start + seq.query_len] = attended.transpose(0, 1)
+        return out.reshape(q.shape[0], -1)

@@ -1,0 +1,89 @@
+"""Process-group setup and the few collectives tensor parallelism needs.
+
+Tensors travel over the default group (NCCL on GPU, gloo on CPU); step plans and control
+messages travel over a separate gloo group so that a CPU-side broadcast never queues behind
+GPU work. Multi-node is a launch concern only: a rank just needs the rendezvous address,
+the world size and its own rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TPGroup:
+    rank: int
+    world_size: int
+    device: torch.device
+    control: Any = None  # gloo ProcessGroup for pickled control messages
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def gather_last_dim(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate each rank's slice along the last dimension (vocab-parallel logits)."""
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=-1)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (other ranks pass None)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def all_min_int(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.control)
+        return int(t.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier(group=self.control)
+
+
+def init_tp_group(
+    init_addr: str, world_size: int, rank: int, device_kind: str, local_rank: int, timeout_s: float
+) -> TPGroup:
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size == 1:
+        return TPGroup(rank=0, world_size=1, device=device)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{init_addr}",
+        world_size=world_size,
+        rank=rank,
+        timeout=timeout,
+        **({"device_id": device} if device_kind == "cuda" else {}),
+    )
+    control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+    return TPGroup(rank=rank, world_size=world_size, device=device, control=control)
+
+
+def destroy_tp_group(group: TPGroup) -> None:
+    if group.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,68 @@
+"""Paged KV cache storage and the page allocator that hands its pages to sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KVCacheShape:
+    num_layers: int
+    num_pages: int
+    page_size: int
+    num_kv_heads: int  # on this rank
+    head_dim: int
+
+    def bytes_per_page(self, dtype: torch.dtype) -> int:
+        element = torch.empty((), dtype=dtype).element_size()
+        return self.num_layers * 2 * self.page_size * self.num_kv_heads * self.head_dim * element
+
+    @property
+    def total_tokens(self) -> int:
+        return self.num_pages * self.page_size
+
+
+class PagedKVCache:
+    """Per layer one tensor [num_pages, 2 (k, v), page_size, kv_heads, head_dim].
+
+    This is flashinfer's NHD paged layout, so the GPU backend can use the storage as it is.
+    """
+
+    def __init__(self, shape: KVCacheShape, dtype: torch.dtype, device: torch.device) -> None:
+        self.shape = shape
+        self.layers = [
+            torch.zeros(shape.num_pages, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            for _ in range(shape.num_layers)
+        ]
+
+
+class OutOfPages(RuntimeError):
+    pass
+
+
+class PageAllocator:
+    """Free-list of page ids. Lives on rank 0 only: the scheduler decides, every rank obeys."""
+
+    def __init__(self, num_pages: int) -> None:
+        self.num_pages = num_pages
+        self._free = list(range(num_pages - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_pages - len(self._free)
+
+    def allocate(self, count: int) -> list[int]:
+        if count > len(self._free):
+            raise OutOfPages(f"asked for {count} pages, {len(self._free)} free")
+        taken = self._free[len(self._free) - count :]
+        del self._free[len(self._free) - count :]
+        return taken
+
+    def release(self, pages: list[int]) -> None:
+        self._free.extend(pages)

@@ -1,0 +1,149 @@
+"""One dense decoder covering Llama, Mistral, Qwen2 and Qwen3 (see `ModelFamily` for the switches)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionBackend
+from .config import ModelConfig, ShardLayout
+from .distributed import TPGroup
+from .layers import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RMSNorm,
+    RotaryEmbedding,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    WeightSpec,
+    split_range,
+)
+
+
+class Attention(nn.Module):
+    def __init__(
+        self, config: ModelConfig, layout: ShardLayout, group: TPGroup, layer: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads = layout.num_heads_per_rank
+        self.num_kv_heads = layout.num_kv_heads_per_rank
+        self.head_dim = config.head_dim
+        q_rows = self.num_heads * self.head_dim
+        kv_rows = self.num_kv_heads * self.head_dim
+        q_start = group.rank * q_rows
+        kv_start = layout.kv_head_offset(group.rank) * self.head_dim
+        self.qkv_proj = ColumnParallelLinear(
+            config.hidden_size,
+            [("q_proj", q_start, q_rows), ("k_proj", kv_start, kv_rows), ("v_proj", kv_start, kv_rows)],
+            bias=config.family.qkv_bias,
+            dtype=dtype,
+            device=device,
+        )
+        self.o_proj = RowParallelLinear(config.num_heads * self.head_dim, config.hidden_size, group, dtype, device)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, device) if config.family.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, device) if config.family.qk_norm else None
+        self.split_sizes = [q_rows, kv_rows, kv_rows]
+
+    def forward(
+        self, hidden: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, attention: AttentionBackend
+    ) -> torch.Tensor:
+        tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split(self.split_sizes, dim=-1)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary(positions, q, k)
+        return self.o_proj(attention.forward(self.layer, q, k, v))
+
+    def weight_specs(self, prefix: str) -> list[WeightSpec]:
+        specs = self.qkv_proj.weight_specs(prefix) + self.o_proj.weight_specs(f"{prefix}.o_proj")
+        if self.q_norm is not None and self.k_norm is not None:
+            specs += self.q_norm.weight_specs(f"{prefix}.q_norm.weight")
+            specs += self.k_norm.weight_specs(f"{prefix}.k_norm.weight")
+        return specs
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, group: TPGroup, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        start, rows = split_range(config.intermediate_size, group.world_size, group.rank)
+        self.gate_up_proj = ColumnParallelLinear(
+            config.hidden_size, [("gate_proj", start, rows), ("up_proj", start, rows)], bias=False, dtype=dtype, device=device
+        )
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, group, dtype, device)
+        self.local_rows = rows
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(hidden).split(self.local_rows, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+    def weight_specs(self, prefix: str) -> list[WeightSpec]:
+        return self.gate_up_proj.weight_specs(prefix) + self.down_proj.weight_specs(f"{prefix}.down_proj")
+
+
+class DecoderLayer(nn.Module):
+    def __init__(
+        self, config: ModelConfig, layout: ShardLayout, group: TPGroup, layer: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.self_attn = Attention(config, layout, group, layer, dtype, device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.mlp = MLP(config, group, dtype, device)
+
+    def forward(
+        self, hidden: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, attention: AttentionBackend
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), positions, rotary, attention)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+    def weight_specs(self, prefix: str) -> list[WeightSpec]:
+        return (
+            self.input_layernorm.weight_specs(f"{prefix}.input_layernorm.weight")
+            + self.self_attn.weight_specs(f"{prefix}.self_attn")
+            + self.post_attention_layernorm.weight_specs(f"{prefix}.post_attention_layernorm.weight")
+            + self.mlp.weight_specs(f"{prefix}.mlp")
+        )
+
+
+class DecoderModel(nn.Module):
+    def __init__(
+        self, config: ModelConfig, group: TPGroup, max_positions: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        layout = ShardLayout.for_model(config, group.world_size)
+        self.config = config
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, group, dtype, device)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, layout, group, i, dtype, device) for i in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.lm_head = ParallelLMHead(self.embed_tokens, tied=config.tie_word_embeddings)
+        self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions, dtype, device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        sample_indices: torch.Tensor,
+        attention: AttentionBackend,
+    ) -> torch.Tensor:
+        """Logits [len(sample_indices), vocab] for the selected token positions, on every rank."""
+        hidden = self.embed_tokens(token_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, positions, self.rotary, attention)
+        hidden = self.norm(hidden[sample_indices])
+        return self.lm_head(hidden)
+
+    def weight_specs(self) -> list[WeightSpec]:
+        specs = self.embed_tokens.weight_specs("model.embed_tokens.weight")
+        for i, layer in enumerate(self.layers):
+            specs += layer.weight_specs(f"model.layers.{i}")
+        specs += self.norm.weight_specs("model.norm.weight")
+        specs += self.lm_head.weight_specs("lm_head.weight")
+        return specs

@@ -1,0 +1,118 @@
+"""Per-request sampling parameters and the batched sampler that runs on rank 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1 (or 0) disables top-k
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; N: chosen token's logprob and the top N
+
+    def __post_init__(self) -> None:
+        # Tuples keep the dataclass hashable and picklable whatever the caller passed.
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        self.validate()
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (disabled) or >= 0, got {self.top_k}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    token_logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    token_id: int
+    logprobs: TokenLogprobs | None
+
+
+class Sampler:
+    """Samples one token per row, each row with its own parameters and (optional) seeded RNG."""
+
+    def __init__(self, device: torch.device, seed: int = 0) -> None:
+        self.device = device
+        self.shared_rng = torch.Generator(device=device).manual_seed(seed)
+
+    def new_request_rng(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.inference_mode()
+    def sample(
+        self, logits: torch.Tensor, params: list[SamplingParams], rngs: list[torch.Generator | None]
+    ) -> list[SampleResult]:
+        logits = logits.float()
+        tokens = logits.argmax(dim=-1)
+        sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
+        if sampled_rows:
+            rows = torch.tensor(sampled_rows, device=logits.device)
+            chosen = self._sample_rows(logits[rows], [params[i] for i in sampled_rows], [rngs[i] for i in sampled_rows])
+            tokens[rows] = chosen
+        token_list = tokens.tolist()
+        logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        results = [SampleResult(t, None) for t in token_list]
+        if logprob_rows:
+            log_probs = torch.log_softmax(logits, dim=-1)
+            for i in logprob_rows:
+                results[i] = SampleResult(token_list[i], _logprobs_of(log_probs[i], token_list[i], params[i].logprobs or 0))
+        return results
+
+    def _sample_rows(
+        self, logits: torch.Tensor, params: list[SamplingParams], rngs: list[torch.Generator | None]
+    ) -> torch.Tensor:
+        device = logits.device
+        temperature = torch.tensor([p.temperature for p in params], device=device, dtype=logits.dtype)
+        scaled = logits / temperature.unsqueeze(1)
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        rank = torch.arange(scaled.shape[-1], device=device).unsqueeze(0)
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else scaled.shape[-1] for p in params], device=device)
+        drop = rank >= top_k.unsqueeze(1)
+        top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
+        sorted_probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop |= (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p.unsqueeze(1)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        probs = torch.empty_like(scaled).scatter_(1, order, sorted_logits.softmax(dim=-1))
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, and lets a seeded
+        # request draw its noise from its own generator, whatever else is in the batch.
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, g in enumerate(rngs) if g is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(generator=self.shared_rng)
+        for i, rng in enumerate(rngs):
+            if rng is not None:
+                noise[i].exponential_(generator=rng)
+        return (probs / noise).argmax(dim=-1)
+
+
+def _logprobs_of(log_probs: torch.Tensor, token: int, top_n: int) -> TokenLogprobs:
+    top: list[tuple[int, float]] = []
+    if top_n > 0:
+        values, ids = log_probs.topk(min(top_n, log_probs.shape[-1]))
+        top = list(zip(ids.tolist(), values.tolist()))
+    return TokenLogprobs(float(log_probs[token]), top)

@@ -1,0 +1,171 @@
+"""The body of every rank process: rank 0 schedules and samples, every rank runs the forward."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.queues
+import os
+import queue
+import time
+import traceback
+from typing import Any
+
+from .batch import ForwardBatch
+from .config import ConfigError, EngineConfig
+from .distributed import TPGroup, destroy_tp_group, init_tp_group
+from .protocol import (
+    AbortRequest,
+    AddRequest,
+    EngineReady,
+    Idle,
+    RankFailed,
+    RankReady,
+    RequestRejected,
+    Shutdown,
+    Stop,
+    StepOutputs,
+)
+from .runner import ModelRunner
+from .sampling import Sampler
+from .scheduler import RequestError, Scheduler, SchedulerLimits, Sequence
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+
+
+def rank_main(
+    config: EngineConfig,
+    rank: int,
+    status: multiprocessing.queues.Queue,  # type: ignore[type-arg]
+    inbox: multiprocessing.queues.Queue | None,  # type: ignore[type-arg]
+    log_level: str = "INFO",
+) -> None:
+    """Entry point of a spawned rank process."""
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    group: TPGroup | None = None
+    try:
+        started = time.monotonic()
+        model_config = config.validate()
+        local_rank = rank % config.ranks_per_node
+        group = init_tp_group(config.dist_init_addr, config.tp, rank, config.device, local_rank, config.dist_timeout)
+        log.info("rank %d: joined the group of %d in %.2fs", rank, config.tp, time.monotonic() - started)
+        runner = ModelRunner(config, model_config, group)
+        group.barrier()
+        status.put(RankReady(rank, time.monotonic() - started))
+        if group.is_leader:
+            assert inbox is not None
+            LeaderLoop(config, runner, group, status, inbox).run()
+        else:
+            follower_loop(runner, group)
+    except ConfigError as exc:
+        status.put(RankFailed(rank, str(exc)))
+        raise SystemExit(2) from None
+    except BaseException as exc:  # report, then die non-zero: the group cannot continue
+        status.put(RankFailed(rank, f"{type(exc).__name__}: {exc}"))
+        log.error("rank %d failed:\n%s", rank, traceback.format_exc())
+        os._exit(1)
+    finally:
+        if group is not None:
+            destroy_tp_group(group)
+
+
+def follower_loop(runner: ModelRunner, group: TPGroup) -> None:
+    while True:
+        message = group.broadcast_object(None)
+        if isinstance(message, Stop):
+            return
+        if isinstance(message, ForwardBatch):
+            runner.forward(message)
+
+
+class LeaderLoop:
+    """Rank 0: admit requests, plan each step, broadcast it, run it, sample, report."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        runner: ModelRunner,
+        group: TPGroup,
+        outbox: multiprocessing.queues.Queue,  # type: ignore[type-arg]
+        inbox: multiprocessing.queues.Queue,  # type: ignore[type-arg]
+    ) -> None:
+        self.runner = runner
+        self.group = group
+        self.outbox = outbox
+        self.inbox = inbox
+        self.sampler = Sampler(group.device, seed=config.seed)
+        model = runner.model_config
+        self.scheduler = Scheduler(
+            SchedulerLimits(
+                page_size=config.page_size,
+                num_pages=runner.num_pages,
+                max_running=runner.max_running,
+                max_prefill_length=config.max_prefill_length,
+                max_model_len=runner.max_model_len,
+                eos_token_ids=model.eos_token_ids,
+            )
+        )
+        outbox.put(EngineReady(runner.num_pages, config.page_size, runner.max_model_len, runner.max_running))
+
+    def run(self) -> None:
+        last_broadcast = time.monotonic()
+        while True:
+            wait = 0.0 if self.scheduler.has_work else HEARTBEAT_S
+            for message in _drain(self.inbox, wait):
+                if isinstance(message, Shutdown):
+                    self.group.broadcast_object(Stop())
+                    return
+                self._handle(message)
+            if self.scheduler.has_work:
+                self._step()
+                last_broadcast = time.monotonic()
+            elif time.monotonic() - last_broadcast >= HEARTBEAT_S:
+                self.group.broadcast_object(Idle())
+                last_broadcast = time.monotonic()
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, AddRequest):
+            rng = self.sampler.new_request_rng(message.params.seed) if message.params.seed is not None else None
+            seq = Sequence(message.request_id, list(message.prompt_ids), len(message.prompt_ids), message.params, rng)
+            try:
+                self.scheduler.add(seq)
+            except RequestError as exc:
+                self.outbox.put(RequestRejected(message.request_id, str(exc)))
+        elif isinstance(message, AbortRequest):
+            aborted = self.scheduler.abort(message.request_id)
+            if aborted is not None:
+                self._report([aborted])
+
+    def _step(self) -> None:
+        planned = self.scheduler.schedule()
+        if planned is None:
+            return
+        batch, seqs = planned
+        self.group.broadcast_object(batch)
+        logits = self.runner.forward(batch)
+        sampling = [seq for seq, wants in zip(seqs, batch.sample) if wants]
+        samples = self.sampler.sample(logits, [s.params for s in sampling], [s.rng for s in sampling])
+        self._report(self.scheduler.update(seqs, batch, samples))
+
+    def _report(self, outputs: list) -> None:  # type: ignore[type-arg]
+        if outputs:
+            self.outbox.put(
+                StepOutputs(
+                    outputs,
+                    pages_used=self.scheduler.pages.num_used,
+                    running=len(self.scheduler.running),
+                    waiting=len(self.scheduler.waiting),
+                )
+            )
+
+
+def _drain(inbox: multiprocessing.queues.Queue, wait_s: float) -> list[Any]:  # type: ignore[type-arg]
+    messages: list[Any] = []
+    try:
+        messages.append(inbox.get(timeout=wait_s) if wait_s > 0 else inbox.get_nowait())
+        while True:
+            messages.append(inbox.get_nowait())
+    except queue.Empty:
+        pass
+    return messages
