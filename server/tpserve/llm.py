@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence as Seq
 
@@ -42,26 +43,73 @@ class LLM:
         assert info is not None
         self.engine_info = info
         self.pages_used = 0
+        self._requests: dict[str, Completion] = {}
+        self._rejected: dict[str, str] = {}
 
     def generate(
         self, prompts: Seq[str] | Seq[list[int]], params: SamplingParams | Seq[SamplingParams] | None = None
     ) -> list[Completion]:
+        """Generate for every prompt (one batch, continuously batched) and return in order."""
+        return self.wait(self.submit(prompts, params))
+
+    def submit(
+        self, prompts: Seq[str] | Seq[list[int]], params: SamplingParams | Seq[SamplingParams] | None = None
+    ) -> list[str]:
+        """Queue prompts without waiting; returns their request ids (see `wait` and `progress`)."""
         params_list = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling params")
-        pending: dict[str, Completion] = {}
+        assert self.ranks.inbox is not None
+        ids = []
         for prompt, p in zip(prompts, params_list):
             prompt_ids = self._encode(prompt)
             request_id = f"offline-{next(self._ids)}"
-            pending[request_id] = Completion(prompt_ids)
-            assert self.ranks.inbox is not None
+            self._requests[request_id] = Completion(prompt_ids)
             self.ranks.inbox.put(AddRequest(request_id, prompt_ids, p))
-        ordered = list(pending.values())
-        self._collect(pending)
-        for completion in ordered:
+            ids.append(request_id)
+        return ids
+
+    def progress(self, request_id: str) -> Completion:
+        """The request's completion so far (tokens arrive as `wait`/`poll` process outputs)."""
+        return self._requests[request_id]
+
+    def wait(self, request_ids: list[str], timeout_s: float | None = None) -> list[Completion]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while any(self._requests[r].finish_reason is None and r not in self._rejected for r in request_ids):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"requests not finished after {timeout_s}s")
+            self.poll(1.0)
+        rejected = [self._rejected.pop(r) for r in request_ids if r in self._rejected]
+        done = [self._requests.pop(r) for r in request_ids]
+        if rejected:
+            raise RequestError("; ".join(rejected))
+        for completion in done:
             if self.tokenizer is not None:
                 completion.text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-        return ordered
+        return done
+
+    def poll(self, timeout_s: float) -> None:
+        """Process whatever the engine reported within `timeout_s`."""
+        try:
+            message = self.ranks.observe(self.ranks.status.get(timeout=timeout_s))
+        except queue.Empty:
+            self.ranks.raise_if_failed()
+            return
+        if isinstance(message, RequestRejected):
+            self._rejected[message.request_id] = message.message
+        elif isinstance(message, StepOutputs):
+            self.pages_used = message.pages_used
+            for out in message.outputs:
+                completion = self._requests.get(out.request_id)
+                if completion is None:
+                    continue
+                if out.token_id is not None:
+                    completion.token_ids.append(out.token_id)
+                if out.logprobs is not None:
+                    completion.logprobs.append(out.logprobs)
+                if out.finish_reason is not None:
+                    completion.finish_reason = out.finish_reason.value
+        self.ranks.raise_if_failed()
 
     def _encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -69,35 +117,6 @@ class LLM:
                 raise ValueError("text prompts need a tokenizer; this model was loaded with --load-format dummy")
             return list(self.tokenizer.encode(prompt))
         return list(prompt)
-
-    def _collect(self, pending: dict[str, Completion]) -> None:
-        unfinished = dict(pending)
-        rejected: list[str] = []
-        while unfinished:
-            try:
-                message = self.ranks.observe(self.ranks.status.get(timeout=1.0))
-            except queue.Empty:
-                self.ranks.raise_if_failed()
-                continue
-            if isinstance(message, RequestRejected):
-                unfinished.pop(message.request_id, None)
-                rejected.append(message.message)
-            elif isinstance(message, StepOutputs):
-                self.pages_used = message.pages_used
-                for out in message.outputs:
-                    completion = unfinished.get(out.request_id)
-                    if completion is None:
-                        continue
-                    if out.token_id is not None:
-                        completion.token_ids.append(out.token_id)
-                    if out.logprobs is not None:
-                        completion.logprobs.append(out.logprobs)
-                    if out.finish_reason is not None:
-                        completion.finish_reason = out.finish_reason.value
-                        del unfinished[out.request_id]
-            self.ranks.raise_if_failed()
-        if rejected:
-            raise RequestError("; ".join(rejected))
 
     def shutdown(self) -> None:
         self.ranks.shutdown()

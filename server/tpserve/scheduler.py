@@ -77,6 +77,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._by_id: dict[str, Sequence] = {}
+        self._preempted_this_step = False
 
     # -- admission -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -112,6 +113,7 @@ class Scheduler:
     def schedule(self) -> tuple[ForwardBatch, list[Sequence]] | None:
         """Choose this step's sequences and token counts; allocate their pages."""
         scheduled: list[tuple[Sequence, int]] = []
+        self._preempted_this_step = False
         for seq in list(self._decoding()):
             if seq not in self.running:
                 continue  # preempted while making room for an earlier one
@@ -125,7 +127,8 @@ class Scheduler:
             if chunk:
                 scheduled.append((seq, chunk))
                 budget -= chunk
-        while budget and self.waiting and len(self.running) < self.limits.max_running:
+        # After a preemption the cache is short: admitting now would only thrash.
+        while budget and self.waiting and len(self.running) < self.limits.max_running and not self._preempted_this_step:
             seq = self.waiting[0]
             chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
             if chunk == 0:
@@ -183,6 +186,7 @@ class Scheduler:
         seq.pages = []
         seq.num_cached = 0
         self.waiting.appendleft(seq)
+        self._preempted_this_step = True
 
     # -- results ---------------------------------------------------------------------------
     def update(self, seqs: list[Sequence], batch: ForwardBatch, samples: list[SampleResult]) -> list[StepOutput]:

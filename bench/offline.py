@@ -1,0 +1,121 @@
+"""Offline throughput: N requests with random prompt/output lengths through `tpserve.LLM`.
+
+The workload follows nano-vllm's benchmark: random token prompts, input and output lengths
+uniform in [min, max], ignore_eos so every request produces exactly its output length.
+
+    python bench/offline.py --device cpu                    # tiny built-in model
+    python bench/offline.py --model /models/llama-3.1-8b --tp 2 --load-format dummy \\
+        --num-requests 256 --min-len 100 --max-len 1024 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tpserve import LLM, SamplingParams
+from tpserve.testing.tiny_checkpoint import build_tiny_checkpoint
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    engine: str
+    tp: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+    @property
+    def total_tokens_per_s(self) -> float:
+        return (self.input_tokens + self.output_tokens) / self.seconds
+
+
+def make_workload(num_requests: int, min_len: int, max_len: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    return [
+        ([rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))], rng.randint(min_len, max_len))
+        for _ in range(num_requests)
+    ]
+
+
+def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
+    engine_flags = dict(
+        tp=args.tp,
+        device=args.device,
+        dtype=args.dtype,
+        load_format=args.load_format,
+        max_prefill_length=args.max_prefill_length,
+        page_size=args.page_size,
+    )
+    with LLM(model_path, **engine_flags) as llm:
+        vocab = llm.model_config.vocab_size
+        workload = make_workload(args.num_requests, args.min_len, args.max_len, vocab, args.seed)
+        max_len = llm.engine_info.max_model_len
+        workload = [(p[: max_len - 1 - n] if len(p) + n >= max_len else p, n) for p, n in workload]
+        llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
+        started = time.perf_counter()
+        outputs = llm.generate(
+            [p for p, _ in workload],
+            [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for _, n in workload],
+        )
+        seconds = time.perf_counter() - started
+    return OfflineResult(
+        engine="tpserve",
+        tp=args.tp,
+        requests=len(workload),
+        input_tokens=sum(len(p) for p, _ in workload),
+        output_tokens=sum(len(o.token_ids) for o in outputs),
+        seconds=seconds,
+    )
+
+
+def print_table(results: list[OfflineResult]) -> None:
+    header = f"{'engine':<14}{'tp':>4}{'requests':>10}{'input tok':>12}{'output tok':>12}{'seconds':>10}{'out tok/s':>12}{'total tok/s':>13}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.engine:<14}{r.tp:>4}{r.requests:>10}{r.input_tokens:>12}{r.output_tokens:>12}"
+            f"{r.seconds:>10.2f}{r.output_tokens_per_s:>12.1f}{r.total_tokens_per_s:>13.1f}"
+        )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="HF model dir (config.json only is enough with --load-format dummy); default: tiny built-in model")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    parser.add_argument("--num-requests", type=int, default=16)
+    parser.add_argument("--min-len", type=int, default=8)
+    parser.add_argument("--max-len", type=int, default=64)
+    parser.add_argument("--max-prefill-length", type=int, default=8192)
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        model_path = args.model or str(build_tiny_checkpoint(Path(scratch) / "tiny"))
+        results = [run_tpserve(args, model_path)]
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) | {"output_tokens_per_s": r.output_tokens_per_s} for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
