@@ -61,7 +61,7 @@ class TPGroup:
 
 
 def init_tp_group(
-    init_addr: str, world_size: int, rank: int, device_kind: str, local_rank: int, timeout_s: float
+    store: dist.Store, world_size: int, rank: int, device_kind: str, local_rank: int, timeout_s: float
 ) -> TPGroup:
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
@@ -74,7 +74,7 @@ def init_tp_group(
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,
-        init_method=f"tcp://{init_addr}",
+        store=dist.PrefixStore("tpserve/pg", store),
         world_size=world_size,
         rank=rank,
         timeout=timeout,

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from .config import EngineConfig
+from .group_status import host_store
 from .protocol import EngineReady, RankFailed, RankReady, Shutdown
 from .worker import rank_main
 
@@ -42,6 +43,8 @@ class LocalRanks:
 
     def __init__(self, config: EngineConfig, log_level: str = "INFO") -> None:
         self.config = config
+        # Node 0 hosts the status board / rendezvous store before any rank tries to reach it.
+        self.store = host_store(config.dist_init_addr, config.dist_timeout) if config.node_rank == 0 else None
         ctx = mp.get_context("spawn")
         self.status: Any = ctx.Queue()  # rank -> front end: readiness, failures, step outputs
         self.inbox: Any = ctx.Queue() if config.node_rank == 0 else None

@@ -20,6 +20,7 @@ from .scheduler import RequestError
 @dataclass
 class Completion:
     prompt_ids: list[int]
+    params: SamplingParams
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
@@ -64,7 +65,7 @@ class LLM:
         for prompt, p in zip(prompts, params_list):
             prompt_ids = self._encode(prompt)
             request_id = f"offline-{next(self._ids)}"
-            self._requests[request_id] = Completion(prompt_ids)
+            self._requests[request_id] = Completion(prompt_ids, p)
             self.ranks.inbox.put(AddRequest(request_id, prompt_ids, p))
             ids.append(request_id)
         return ids
@@ -85,8 +86,18 @@ class LLM:
             raise RequestError("; ".join(rejected))
         for completion in done:
             if self.tokenizer is not None:
-                completion.text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+                completion.text = self.tokenizer.decode(self._visible_tokens(completion), skip_special_tokens=True)
         return done
+
+    def _visible_tokens(self, completion: Completion) -> list[int]:
+        """Tokens whose text belongs in the output: a final stop or eos token ends the text unseen."""
+        ids = completion.token_ids
+        stop_ids = set(completion.params.stop_token_ids)
+        if not completion.params.ignore_eos:
+            stop_ids |= set(self.model_config.eos_token_ids)
+        if completion.finish_reason == "stop" and ids and ids[-1] in stop_ids:
+            return ids[:-1]
+        return ids
 
     def poll(self, timeout_s: float) -> None:
         """Process whatever the engine reported within `timeout_s`."""

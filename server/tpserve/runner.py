@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -13,6 +14,7 @@ from .attention import AttentionLayerShape, create_backend
 from .batch import DeviceBatch, ForwardBatch
 from .config import ConfigError, EngineConfig, ModelConfig, ShardLayout, resolve_dtype
 from .distributed import TPGroup
+from .group_status import Phase
 from .kv_cache import KVCacheShape, PagedKVCache
 from .model import DecoderModel
 from .weights import LoadProgress, fill_dummy, load_safetensors
@@ -23,7 +25,13 @@ DEFAULT_MAX_RUNNING = 256
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_config: ModelConfig, group: TPGroup) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model_config: ModelConfig,
+        group: TPGroup,
+        report_phase: Callable[[Phase], None] = lambda phase: None,
+    ) -> None:
         self.config = config
         self.model_config = model_config
         self.group = group
@@ -32,6 +40,7 @@ class ModelRunner:
         self.max_running = config.max_running_requests or DEFAULT_MAX_RUNNING
 
         started = time.monotonic()
+        report_phase(Phase.LOADING_WEIGHTS)
         torch.manual_seed(config.seed)
         self.model = DecoderModel(model_config, group, self.max_model_len, self.dtype, group.device)
         specs = self.model.weight_specs()
@@ -42,6 +51,7 @@ class ModelRunner:
         log.info("rank %d: weights ready in %.2fs (%s)", group.rank, time.monotonic() - started, self.dtype)
 
         started = time.monotonic()
+        report_phase(Phase.ALLOCATING_KV_CACHE)
         layout = ShardLayout.for_model(model_config, group.world_size)
         cache_shape = KVCacheShape(
             num_layers=model_config.num_layers,

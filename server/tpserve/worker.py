@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import multiprocessing.queues
 import os
 import queue
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from .batch import ForwardBatch
 from .config import ConfigError, EngineConfig
 from .distributed import TPGroup, destroy_tp_group, init_tp_group
+from .group_status import Phase, RankReporter
 from .protocol import (
     AbortRequest,
     AddRequest,
@@ -32,6 +35,7 @@ from .scheduler import RequestError, Scheduler, SchedulerLimits, Sequence
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+PR_SET_PDEATHSIG = 1
 
 
 def rank_main(
@@ -43,31 +47,54 @@ def rank_main(
 ) -> None:
     """Entry point of a spawned rank process."""
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    _die_with_parent()
     group: TPGroup | None = None
+    reporter: RankReporter | None = None
     try:
         started = time.monotonic()
         model_config = config.validate()
         local_rank = rank % config.ranks_per_node
-        group = init_tp_group(config.dist_init_addr, config.tp, rank, config.device, local_rank, config.dist_timeout)
+        reporter = RankReporter(config.dist_init_addr, rank, config.dist_timeout)
+        group = init_tp_group(reporter.store, config.tp, rank, config.device, local_rank, config.dist_timeout)
         log.info("rank %d: joined the group of %d in %.2fs", rank, config.tp, time.monotonic() - started)
-        runner = ModelRunner(config, model_config, group)
+        runner = ModelRunner(config, model_config, group, reporter.set_phase)
+        reporter.set_phase(Phase.WAITING_FOR_GROUP)
         group.barrier()
+        reporter.set_phase(Phase.READY)
         status.put(RankReady(rank, time.monotonic() - started))
         if group.is_leader:
             assert inbox is not None
             LeaderLoop(config, runner, group, status, inbox).run()
         else:
             follower_loop(runner, group)
-    except ConfigError as exc:
-        status.put(RankFailed(rank, str(exc)))
-        raise SystemExit(2) from None
     except BaseException as exc:  # report, then die non-zero: the group cannot continue
-        status.put(RankFailed(rank, f"{type(exc).__name__}: {exc}"))
+        message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        status.put(RankFailed(rank, message))
+        if reporter is not None:
+            _try(lambda: reporter.set_phase(Phase.FAILED, message))
         log.error("rank %d failed:\n%s", rank, traceback.format_exc())
-        os._exit(1)
+        status.close()
+        status.join_thread()  # make sure the reason reaches the front end before dying
+        os._exit(2 if isinstance(exc, ConfigError) else 1)
     finally:
         if group is not None:
             destroy_tp_group(group)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this rank when its launcher dies, even by SIGKILL: no orphaned ranks."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _try(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except Exception:
+        pass
 
 
 def follower_loop(runner: ModelRunner, group: TPGroup) -> None:

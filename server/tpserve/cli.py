@@ -1,0 +1,179 @@
+"""The `tpserve` command line: one parser, SGLang's flag names, shared with the operator's contract test.
+
+`build_parser()` is the single source of truth for flags; `server_args(argv)` parses and checks
+them and returns a `ServerArgs`, exiting with one clear line (code 2) on a bad combination,
+before any process or collective starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, EngineConfig, ModelConfig
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _attention(text: str) -> str:
+    parts = text.split(",")
+    if len(parts) > 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected a backend name or a 'prefill,decode' pair, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tpserve",
+        description="Tensor-parallel LLM server with an OpenAI-compatible API.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", "--model-path", dest="model", required=True,
+                       help="HF-format model directory: config.json, *.safetensors, tokenizer files")
+    model.add_argument("--served-model-name", help="name reported by /v1/models (default: the directory name)")
+    model.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                       help="weight and activation dtype; auto takes the checkpoint's (float32 on CPU)")
+    model.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
+                       help="auto reads safetensors; dummy fills random weights (benchmarks)")
+    model.add_argument("--context-length", type=_positive_int,
+                       help="maximum tokens per request, prompt included (default: the model's)")
+
+    parallel = parser.add_argument_group("parallelism")
+    parallel.add_argument("--tp", "--tp-size", dest="tp", type=_positive_int, default=1,
+                          help="tensor-parallel size (all ranks, all nodes)")
+    parallel.add_argument("--nnodes", type=_positive_int, default=1, help="number of nodes in the group")
+    parallel.add_argument("--node-rank", type=_non_negative_int, default=0, help="this node's index in the group")
+    parallel.add_argument("--dist-init-addr", type=_host_port,
+                          help="HOST:PORT of node 0's rendezvous (default: 127.0.0.1 and a free port)")
+    parallel.add_argument("--dist-timeout", type=float, default=300.0,
+                          help="seconds before a stuck collective is declared dead")
+
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--host", default="0.0.0.0", help="HTTP bind address")
+    serving.add_argument("--port", type=int, default=30000,
+                         help="HTTP port (node 0: the API; other nodes: a health endpoint)")
+    serving.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                        help="cuda, or cpu (gloo; for tests and the demo) (default: cuda if available)")
+    engine.add_argument("--mem-fraction-static", type=_fraction, default=0.9,
+                        help="fraction of device memory for weights + KV cache")
+    engine.add_argument("--max-prefill-length", type=_positive_int, default=8192,
+                        help="token budget of one prefill chunk (chunked prefill)")
+    engine.add_argument("--page-size", type=_positive_int, default=16, help="KV cache page size in tokens")
+    engine.add_argument("--max-running-requests", type=_positive_int,
+                        help="cap on concurrently decoding requests (default: auto)")
+    engine.add_argument("--max-total-tokens", type=_positive_int, help="cap on KV cache size in tokens")
+    engine.add_argument("--attn", default=None, type=_attention,
+                        help="attention backend: fi (flashinfer), torch, or a 'prefill,decode' pair "
+                             "(default: fi on cuda, torch on cpu)")
+    engine.add_argument("--cuda-graph-max-bs", type=_positive_int, default=256,
+                        help="largest decode batch captured in a CUDA graph")
+    engine.add_argument("--disable-cuda-graph", action="store_true", help="run decode without CUDA graphs")
+    engine.add_argument("--disable-custom-all-reduce", action="store_true",
+                        help="always use NCCL for all-reduce")
+    engine.add_argument("--enable-p2p-check", action="store_true",
+                        help="probe GPU peer access before using the custom all-reduce")
+    engine.add_argument("--seed", type=int, default=0, help="seed of the shared sampling generator")
+    return parser
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    engine: EngineConfig
+    model: ModelConfig
+    served_model_name: str
+    host: str
+    port: int
+    api_key: str | None
+    log_level: str
+
+
+def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
+    device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    attention = ns.attn or ("fi" if device == "cuda" else "torch")
+    return EngineConfig(
+        model_path=ns.model,
+        tp=ns.tp,
+        nnodes=ns.nnodes,
+        node_rank=ns.node_rank,
+        dist_init_addr=ns.dist_init_addr or "127.0.0.1:0",
+        device=device,
+        dtype=ns.dtype,
+        load_format=ns.load_format,
+        mem_fraction_static=ns.mem_fraction_static,
+        max_prefill_length=ns.max_prefill_length,
+        page_size=ns.page_size,
+        max_running_requests=ns.max_running_requests,
+        max_total_tokens=ns.max_total_tokens,
+        context_length=ns.context_length,
+        attention_backend=attention,
+        dist_timeout=ns.dist_timeout,
+        seed=ns.seed,
+        extra={
+            "cuda_graph_max_bs": ns.cuda_graph_max_bs,
+            "disable_cuda_graph": ns.disable_cuda_graph,
+            "disable_custom_all_reduce": ns.disable_custom_all_reduce,
+            "enable_p2p_check": ns.enable_p2p_check,
+        },
+    )
+
+
+def server_args(argv: list[str] | None = None) -> ServerArgs:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.nnodes > 1 and not ns.dist_init_addr:
+        parser.error("--dist-init-addr is required with --nnodes > 1 (every node must find node 0)")
+    if not 0 < ns.port < 65536:
+        parser.error(f"--port must be in 1..65535, got {ns.port}")
+    config = engine_config_from(ns)
+    try:
+        model = config.validate()
+    except ConfigError as exc:
+        parser.exit(2, f"tpserve: error: {exc}\n")
+    return ServerArgs(
+        engine=config,
+        model=model,
+        served_model_name=ns.served_model_name or Path(ns.model).resolve().name,
+        host=ns.host,
+        port=ns.port,
+        api_key=ns.api_key,
+        log_level=ns.log_level,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience: print the parsed arguments
+    print(server_args(sys.argv[1:]))

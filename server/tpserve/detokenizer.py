@@ -1,0 +1,75 @@
+"""Token ids to text, incrementally, and stop strings that may span token boundaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IncrementalDetokenizer:
+    """Decodes one token at a time in O(1) work per token.
+
+    Decoding a token alone can be wrong (byte-level BPE splits UTF-8 characters across tokens),
+    so each step decodes a short window ending at the new token and emits only the text beyond
+    the window's already-emitted prefix; an incomplete character is held until it completes.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        full = self._decode(self.ids[self._prefix_offset :])
+        if full.endswith("\ufffd"):
+            return ""  # a multi-byte character is not complete yet
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self.ids)
+        return full[len(prefix) :]
+
+    def flush(self) -> str:
+        """Text still held back at the end (an incomplete character decodes as U+FFFD)."""
+        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        full = self._decode(self.ids[self._prefix_offset :])
+        self._prefix_offset = self._read_offset = len(self.ids)
+        return full[len(prefix) :]
+
+
+class StopStringMatcher:
+    """Accumulates output text; finds stop strings and holds back text that might start one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self._longest = max((len(s) for s in stops), default=0)
+        self.text = ""
+        self._emitted = 0
+
+    def feed(self, new_text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit now, whether a stop string was reached)."""
+        search_from = max(0, len(self.text) - self._longest + 1)
+        self.text += new_text
+        hits = [i for i in (self.text.find(s, search_from) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return self._emit(len(self.text)), True
+        return self._emit(len(self.text) - self._held_back()), False
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def _held_back(self) -> int:
+        for size in range(min(self._longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-size:]
+            if any(stop.startswith(tail) for stop in self.stops):
+                return size
+        return 0
+
+    def _emit(self, upto: int) -> str:
+        delta = self.text[self._emitted : upto]
+        self._emitted = max(self._emitted, upto)
+        return delta

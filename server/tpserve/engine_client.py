@@ -1,0 +1,101 @@
+"""The HTTP front end's handle on rank 0: submit requests, stream their tokens, abort them.
+
+A reader thread drains rank 0's output queue and hands each step's outputs to the asyncio loop
+in one call, so the event loop never blocks on the queue and never touches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .launcher import LocalRanks
+from .protocol import AbortRequest, AddRequest, EngineReady, RankFailed, RequestRejected, StepOutputs
+from .sampling import SamplingParams
+from .scheduler import RequestError, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineLoad:
+    pages_used: int = 0
+    running: int = 0
+    waiting: int = 0
+
+
+class AsyncEngine:
+    def __init__(self, ranks: LocalRanks, loop: asyncio.AbstractEventLoop) -> None:
+        assert ranks.inbox is not None, "only node 0 talks to rank 0"
+        self.ranks = ranks
+        self.loop = loop
+        self.load = EngineLoad()
+        self.info: EngineReady | None = None
+        self.failure: str | None = None
+        self._streams: dict[str, asyncio.Queue[StepOutput | RequestRejected]] = {}
+        self._ids = itertools.count()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read_outputs, name="engine-output-reader", daemon=True)
+        self._reader.start()
+
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[StepOutput]:
+        """Yields the request's outputs until it finishes; aborts it if the consumer stops early."""
+        stream: asyncio.Queue[StepOutput | RequestRejected] = asyncio.Queue()
+        self._streams[request_id] = stream
+        finished = False
+        try:
+            self.ranks.inbox.put(AddRequest(request_id, prompt_ids, params))  # type: ignore[union-attr]
+            while True:
+                item = await stream.get()
+                if isinstance(item, RequestRejected):
+                    finished = True
+                    raise RequestError(item.message)
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self.ranks.inbox.put(AbortRequest(request_id))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _read_outputs(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self.ranks.observe(self.ranks.status.get(timeout=0.5))
+            except queue.Empty:
+                continue
+            except (EOFError, OSError, ValueError):
+                return  # queue closed at shutdown
+            if isinstance(message, EngineReady):
+                self.info = message
+            elif isinstance(message, RankFailed):
+                self.failure = self.failure or f"rank {message.rank}: {message.message}"
+            elif isinstance(message, (StepOutputs, RequestRejected)):
+                self.loop.call_soon_threadsafe(self._dispatch, message)
+
+    def _dispatch(self, message: StepOutputs | RequestRejected) -> None:
+        if isinstance(message, RequestRejected):
+            stream = self._streams.get(message.request_id)
+            if stream is not None:
+                stream.put_nowait(message)
+            return
+        self.load = EngineLoad(message.pages_used, message.running, message.waiting)
+        for output in message.outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.put_nowait(output)

@@ -1,0 +1,87 @@
+"""Group readiness: is every rank of the group ready, heartbeating, and (on node 0) warmed up?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .group_status import GroupWatcher, Phase, RankStatus
+from .launcher import LocalRanks
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    ready: bool
+    failed: str | None  # why the group can no longer serve; the process exits soon after
+    missing: list[str] = field(default_factory=list)  # what readiness still waits for
+    ranks: list[RankStatus] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        status = "ok" if self.ready else ("failed" if self.failed else "starting")
+        return {
+            "status": status,
+            "failed": self.failed,
+            "missing": self.missing,
+            "ranks": [{"rank": r.rank, "phase": r.phase, "alive": r.alive} for r in self.ranks],
+        }
+
+
+class GroupMonitor:
+    """Combines this node's processes with the status board; sticky once the group has failed."""
+
+    def __init__(self, ranks: LocalRanks, world_size: int, watched_ranks: list[int]) -> None:
+        self.local = ranks
+        self.world_size = world_size
+        self.watched = watched_ranks
+        self.watcher: GroupWatcher | None = None
+        self.engine_ready = False  # node 0: rank 0 reported EngineReady
+        self.warmed_up = False  # node 0: a warm-up generation ran across all ranks
+        self.needs_engine = ranks.config.node_rank == 0
+        self._failed: str | None = None
+        self._seen_ready: set[int] = set()
+
+    def fail(self, reason: str) -> None:
+        self._failed = self._failed or reason
+
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    def check(self) -> HealthReport:
+        """Blocking (reads the store): call it from a worker thread."""
+        dead = self.local.dead_ranks()
+        if dead:
+            self.fail(self.local.failure or f"rank {dead[0]} exited")
+        if self.local.failure:
+            self.fail(self.local.failure)
+        statuses: list[RankStatus] = []
+        if self.watcher is None:
+            missing = ["connection to node 0's rendezvous"]
+        else:
+            try:
+                statuses = self.watcher.snapshot()
+            except Exception as exc:  # node 0's store went away
+                self.fail(f"lost node 0's rendezvous store ({type(exc).__name__})")
+            missing = self._judge(statuses)
+        if self.needs_engine and not self.engine_ready:
+            missing.append("engine: waiting for all ranks")
+        elif self.needs_engine and not self.warmed_up:
+            missing.append("warm-up generation")
+        return HealthReport(ready=not missing and self._failed is None, failed=self._failed, missing=missing, ranks=statuses)
+
+    def _judge(self, statuses: list[RankStatus]) -> list[str]:
+        missing = []
+        for status in statuses:
+            if status.phase == Phase.FAILED.value:
+                self.fail(f"rank {status.rank} failed: {status.message}")
+            if status.phase == Phase.READY.value:
+                self._seen_ready.add(status.rank)
+            if not status.alive and status.phase != "missing":
+                self.fail(f"rank {status.rank} stopped heartbeating")
+            if status.rank in self.watched and status.phase != Phase.READY.value:
+                missing.append(f"rank {status.rank}: {status.phase}")
+        return missing
+
+    @property
+    def ranks_ready(self) -> int:
+        return len(self._seen_ready) if self._failed is None else 0

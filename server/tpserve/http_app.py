@@ -1,0 +1,284 @@
+"""The FastAPI applications: node 0's OpenAI API, and the health-only app of nodes k > 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .health import GroupMonitor
+from .metrics import ServerMetrics
+from .openai_protocol import ChatCompletionRequest, CompletionRequest, error_body
+from .scheduler import RequestError
+from .serving import BadRequest, ChoiceState, OpenAIServing, new_id, sse, usage
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             413: "invalid_request_error", 503: "service_unavailable"}
+    codes = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large"}
+    return JSONResponse(error_body(message, kinds.get(status, "invalid_request_error"), param, codes.get(status)), status)
+
+
+class BodySizeLimit:
+    """Refuse bodies over the limit with 413, whether or not they announce their length."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, f"request body exceeds {self.limit} bytes")(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await error_response(413, f"request body exceeds {self.limit} bytes")(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('msg')}", None
+    if first.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {loc[-1] if loc else '?'}", loc[-1] if loc else None
+    # pydantic names union members in the location (e.g. prompt.str); keep the field path readable.
+    field = ".".join(p for p in loc if not p.startswith(("str", "list[", "int", "function-")))
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    return (f"{field}: {message}" if field else message), field or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code if exc.status_code != 422 else 400
+        return error_response(status, str(exc.detail))
+
+
+def _health_endpoints(app: FastAPI, monitor: GroupMonitor, metrics: ServerMetrics, refresh: Callable[[], None]) -> None:
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        report = await asyncio.to_thread(monitor.check)
+        metrics.ranks_ready.set(monitor.ranks_ready)
+        return JSONResponse(report.body(), 200 if report.ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        refresh()
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_worker_app(monitor: GroupMonitor, metrics: ServerMetrics) -> FastAPI:
+    """Nodes k > 0: only health and metrics."""
+    app = FastAPI(title="tpserve worker node", docs_url=None, redoc_url=None)
+    _health_endpoints(app, monitor, metrics, lambda: None)
+    return app
+
+
+def create_api_app(
+    serving_ready: Callable[[], OpenAIServing | None],
+    monitor: GroupMonitor,
+    metrics: ServerMetrics,
+    api_key: str | None,
+    eos_ids: tuple[int, ...],
+    health_generate: Callable[[], Awaitable[None]],
+    refresh_metrics: Callable[[], None],
+) -> FastAPI:
+    app = FastAPI(title="tpserve", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    _health_endpoints(app, monitor, metrics, refresh_metrics)
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return error_response(401, "Incorrect API key provided")
+        return await call_next(request)
+
+    def serving() -> OpenAIServing:
+        ready = serving_ready()
+        if ready is None or monitor.failed:
+            raise _NotReady(monitor.failed or "the group is not ready")
+        return ready
+
+    @app.exception_handler(_NotReady)
+    async def on_not_ready(_: Request, exc: _NotReady) -> JSONResponse:
+        return error_response(503, f"server not ready: {exc}")
+
+    @app.exception_handler(BadRequest)
+    async def on_bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return error_response(400, str(exc), exc.param)
+
+    @app.exception_handler(RequestError)
+    async def on_engine_refusal(_: Request, exc: RequestError) -> JSONResponse:
+        return error_response(400, str(exc))
+
+    @app.exception_handler(LookupError)
+    async def on_unknown_model(_: Request, exc: LookupError) -> JSONResponse:
+        return error_response(404, str(exc.args[0]), "model")
+
+    @app.get("/health_generate")
+    async def generate_probe() -> JSONResponse:
+        serving()
+        await asyncio.wait_for(health_generate(), timeout=30)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        s = serving()
+        return JSONResponse({"object": "list", "data": [{
+            "id": s.model_name, "object": "model", "created": int(time.time()), "owned_by": "tpserve",
+            "max_model_len": s.max_model_len,
+        }]})
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        s = serving()
+        s.check_model(body.model)
+        prompts = await s.completion_prompts(body)
+        choices = s.make_choices(body, prompts, body.max_tokens, body.logprobs)
+        request_id = new_id("cmpl")
+        created = int(time.time())
+        base = {"id": request_id, "object": "text_completion", "created": created, "model": s.model_name}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _stream(_completion_chunks(s, request_id, base, prompts, choices, include_usage, eos_ids), request)
+        await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
+        return JSONResponse(base | {
+            "choices": [{
+                "index": c.index,
+                "text": c.matcher.text,
+                "logprobs": s.completion_logprobs(c.logprobs) if body.logprobs is not None else None,
+                "finish_reason": c.finish_reason,
+            } for c in choices],
+            "usage": usage(prompts, choices),
+        })
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        s = serving()
+        s.check_model(body.model)
+        prompt = await s.chat_prompt(body)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        choices = s.make_choices(body, [prompt], body.token_limit, top)
+        request_id = new_id("chatcmpl")
+        base = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": s.model_name}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, include_usage, eos_ids), request)
+        await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
+        return JSONResponse(base | {
+            "choices": [{
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.matcher.text},
+                "logprobs": s.chat_logprobs(c.logprobs) if body.logprobs else None,
+                "finish_reason": c.finish_reason,
+            } for c in choices],
+            "usage": usage([prompt], choices),
+        })
+
+    return BodySizeLimit(app)  # type: ignore[return-value]
+
+
+class _NotReady(Exception):
+    pass
+
+
+async def _collect_unless_disconnected(
+    s: OpenAIServing, request_id: str, choices: list[ChoiceState], eos_ids: tuple[int, ...], request: Request
+) -> None:
+    """Run every choice to the end; if the client goes away first, abort them (freeing pages)."""
+
+    async def run() -> None:
+        async for _ in s.merged(request_id, choices, eos_ids):
+            pass
+
+    task = asyncio.create_task(run())
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise asyncio.CancelledError("client disconnected")
+    task.result()
+
+
+def _stream(chunks: AsyncIterator[str], request: Request) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except (RequestError, BadRequest) as exc:
+            yield sse(error_body(str(exc), "invalid_request_error"))
+        yield sse("[DONE]")
+
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _completion_chunks(
+    s: OpenAIServing, request_id: str, base: dict[str, Any], prompts: list[list[int]],
+    choices: list[ChoiceState], include_usage: bool, eos_ids: tuple[int, ...],
+) -> AsyncIterator[str]:
+    offsets = {c.index: 0 for c in choices}
+    want_logprobs = choices[0].params.logprobs is not None
+    async for delta in s.merged(request_id, choices, eos_ids):
+        logprobs = s.completion_logprobs(delta.logprobs, offsets[delta.index]) if want_logprobs else None
+        offsets[delta.index] += len(delta.text)
+        chunk = base | {"choices": [{"index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}]}
+        yield sse(chunk | ({"usage": None} if include_usage else {}))
+    if include_usage:
+        yield sse(base | {"choices": [], "usage": usage(prompts, choices)})
+
+
+async def _chat_chunks(
+    s: OpenAIServing, request_id: str, base: dict[str, Any], prompts: list[list[int]],
+    choices: list[ChoiceState], include_usage: bool, eos_ids: tuple[int, ...],
+) -> AsyncIterator[str]:
+    base = base | {"object": "chat.completion.chunk"}
+    extra = {"usage": None} if include_usage else {}
+    want_logprobs = choices[0].params.logprobs is not None
+    for c in choices:
+        yield sse(base | {"choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]} | extra)
+    async for delta in s.merged(request_id, choices, eos_ids):
+        logprobs = s.chat_logprobs(delta.logprobs) if want_logprobs else None
+        content = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
+        yield sse(base | {"choices": [{"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}]} | extra)
+    if include_usage:
+        yield sse(base | {"choices": [], "usage": usage(prompts, choices)})

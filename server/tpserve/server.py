@@ -1,0 +1,173 @@
+"""Process life cycle of one node: start the ranks, serve HTTP, watch the group, exit with it.
+
+Node 0 hosts the rendezvous store, runs rank 0's front end (OpenAI API, tokenizer) and decides
+readiness for the whole group. Nodes k > 0 run their ranks and a health endpoint. When any rank
+dies or stops heartbeating, every node flips `/health` to 503 and exits non-zero: NCCL cannot
+re-admit a rank, so recovery is a restart of the whole group (the operator's job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI
+from transformers import AutoTokenizer
+
+from .cli import ServerArgs
+from .engine_client import AsyncEngine
+from .group_status import GroupWatcher, connect_store
+from .health import GroupMonitor
+from .http_app import create_api_app, create_worker_app
+from .launcher import LocalRanks, with_rendezvous_port
+from .metrics import ServerMetrics
+from .sampling import SamplingParams
+from .serving import OpenAIServing
+
+log = logging.getLogger("tpserve.server")
+
+MONITOR_INTERVAL_S = 0.5
+FAILURE_GRACE_S = 2.0  # keep answering 503 briefly so probes and clients see why
+
+
+class NodeServer:
+    def __init__(self, args: ServerArgs) -> None:
+        self.args = args
+        config = args.engine
+        if config.node_rank == 0:
+            config = with_rendezvous_port(config)
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.metrics.ranks_total.set(config.tp)
+        self.ranks: LocalRanks | None = None
+        self.monitor: GroupMonitor | None = None
+        self.engine: AsyncEngine | None = None
+        self.serving: OpenAIServing | None = None
+        self.exit_code = 0
+        self._server: uvicorn.Server | None = None
+
+    # -- entry -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        started = time.monotonic()
+        self.ranks = LocalRanks(self.config, self.args.log_level)
+        if self.config.node_rank == 0:
+            watched = list(range(self.config.tp))
+        else:
+            watched = sorted({0, *self.ranks.ranks})
+        self.monitor = GroupMonitor(self.ranks, self.config.tp, watched)
+        app = self._build_app()
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host=self.args.host, port=self.args.port, log_level=self.args.log_level, access_log=False)
+        )
+        log.info("node %d: starting ranks %s; HTTP on %s:%d", self.config.node_rank, self.ranks.ranks, self.args.host, self.args.port)
+        try:
+            self._server.run()
+        finally:
+            if self.engine is not None:
+                self.engine.close()
+            self.ranks.shutdown()
+            log.info("node %d: stopped after %.1fs (exit %d)", self.config.node_rank, time.monotonic() - started, self.exit_code)
+        return self.exit_code
+
+    def _build_app(self) -> FastAPI:
+        assert self.monitor is not None
+        if self.config.node_rank == 0:
+            app = create_api_app(
+                lambda: self.serving,
+                self.monitor,
+                self.metrics,
+                self.args.api_key,
+                self.args.model.eos_token_ids,
+                self._one_token_generation,
+                self._refresh_metrics,
+            )
+        else:
+            app = create_worker_app(self.monitor, self.metrics)
+        inner = getattr(app, "app", app)  # unwrap the body-size middleware
+        inner.router.lifespan_context = self._lifespan
+        return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(self._watch())]
+        if self.config.node_rank == 0:
+            tasks.append(asyncio.create_task(self._start_engine()))
+        else:
+            tasks.append(asyncio.create_task(self._connect_to_node0()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- node 0 ----------------------------------------------------------------------------------
+    async def _start_engine(self) -> None:
+        assert self.ranks is not None and self.monitor is not None and self.ranks.store is not None
+        self.monitor.watcher = GroupWatcher(self.ranks.store, self.config.tp)
+        tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.config.model_path)
+        self.engine = AsyncEngine(self.ranks, asyncio.get_running_loop())
+        while self.engine.info is None:
+            if self.monitor.failed:
+                return
+            await asyncio.sleep(0.1)
+        self.monitor.engine_ready = True
+        self.metrics.kv_pages_total.set(self.engine.info.num_pages)
+        serving = OpenAIServing(self.engine, tokenizer, self.args.served_model_name, self.args.model.vocab_size, self.metrics)
+        started = time.monotonic()
+        self.serving = serving
+        await self._one_token_generation()
+        self.monitor.warmed_up = True
+        log.info("warm-up generation across %d ranks took %.2fs; ready", self.config.tp, time.monotonic() - started)
+
+    async def _one_token_generation(self) -> None:
+        assert self.engine is not None
+        request_id = self.engine.new_request_id("probe")
+        async for _ in self.engine.generate(request_id, [0], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)):
+            pass
+
+    # -- nodes k > 0 -----------------------------------------------------------------------------
+    async def _connect_to_node0(self) -> None:
+        assert self.monitor is not None
+        store = await asyncio.to_thread(connect_store, self.config.dist_init_addr, self.config.dist_timeout)
+        self.monitor.watcher = GroupWatcher(store, self.config.tp)
+
+    # -- all nodes -------------------------------------------------------------------------------
+    def _refresh_metrics(self) -> None:
+        assert self.monitor is not None
+        self.metrics.ranks_ready.set(self.monitor.ranks_ready)
+        if self.engine is not None:
+            load = self.engine.load
+            self.metrics.running.set(load.running)
+            self.metrics.waiting.set(load.waiting)
+            self.metrics.kv_pages_used.set(load.pages_used)
+
+    async def _watch(self) -> None:
+        """Poll group health; once the group has failed, report it briefly, then exit non-zero."""
+        assert self.monitor is not None and self._server is not None
+        while True:
+            report = await asyncio.to_thread(self.monitor.check)
+            self._refresh_metrics()
+            if self.engine is not None and self.engine.failure:
+                self.monitor.fail(self.engine.failure)
+            if report.failed or self.monitor.failed:
+                log.error("group failed: %s; exiting", self.monitor.failed)
+                self.exit_code = 1
+                await asyncio.sleep(FAILURE_GRACE_S)
+                self._server.should_exit = True
+                return
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+
+
+def serve(args: ServerArgs) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return NodeServer(args).run()
+
+
+__all__ = ["serve", "NodeServer"]

@@ -1,0 +1,258 @@
+"""OpenAI completions and chat completions on top of the async engine.
+
+One HTTP request becomes `len(prompts) * n` engine requests ("choices"); each choice has its own
+detokenizer and stop-string matcher. Streaming merges the choices' deltas as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .detokenizer import IncrementalDetokenizer, StopStringMatcher
+from .engine_client import AsyncEngine
+from .metrics import ServerMetrics
+from .openai_protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .sampling import SamplingParams, TokenLogprobs
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ChoiceState:
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    matcher: StopStringMatcher
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    index: int
+    text: str
+    logprobs: list[tuple[int, TokenLogprobs]]
+    finish_reason: str | None
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncEngine, tokenizer: Any, model_name: str, vocab_size: int, metrics: ServerMetrics) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.metrics = metrics
+        self.vocab_size = vocab_size
+
+    # -- request -> engine requests ------------------------------------------------------------
+    @property
+    def max_model_len(self) -> int:
+        assert self.engine.info is not None
+        return self.engine.info.max_model_len
+
+    def check_model(self, requested: str) -> None:
+        if requested != self.model_name:
+            raise LookupError(f"The model '{requested}' does not exist; this server serves '{self.model_name}'")
+
+    async def completion_prompts(self, request: CompletionRequest) -> list[list[int]]:
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            texts: list[str] | None = [prompt]
+        elif prompt and all(isinstance(p, str) for p in prompt):
+            texts = list(prompt)  # type: ignore[arg-type]
+        else:
+            texts = None
+        if texts is not None:
+            if any(t == "" for t in texts):
+                raise BadRequest("prompt must not be empty", "prompt")
+            return await asyncio.to_thread(lambda: [self.tokenizer.encode(t) for t in texts])
+        id_lists = [prompt] if prompt and isinstance(prompt[0], int) else list(prompt)  # type: ignore[index]
+        if not id_lists or any(len(ids) == 0 for ids in id_lists):
+            raise BadRequest("prompt must not be empty", "prompt")
+        vocab = self.vocab_size
+        for ids in id_lists:
+            bad = [t for t in ids if not 0 <= t < vocab]  # type: ignore[operator]
+            if bad:
+                raise BadRequest(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
+        return [list(ids) for ids in id_lists]  # type: ignore[arg-type]
+
+    async def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+
+        def render() -> list[int]:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+        try:
+            return await asyncio.to_thread(render)
+        except Exception as exc:  # a template that rejects the conversation (e.g. role order)
+            raise BadRequest(f"messages could not be rendered with the chat template: {exc}", "messages") from exc
+
+    def sampling_params(self, request: SamplingFields, prompt_len: int, max_tokens: int | None, logprobs: int | None, choice: int) -> SamplingParams:
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise BadRequest(
+                f"This model's maximum context length is {self.max_model_len} tokens; the prompt has {prompt_len}",
+                "messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+            )
+        if max_tokens is None:
+            max_tokens = room if isinstance(request, ChatCompletionRequest) else min(16, room)
+        elif max_tokens > room:
+            raise BadRequest(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion)",
+                "max_tokens",
+            )
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            seed=None if request.seed is None else request.seed + choice,
+            stop_token_ids=tuple(request.stop_token_ids or ()),
+            ignore_eos=request.ignore_eos,
+            logprobs=logprobs,
+        )
+
+    def make_choices(
+        self, request: SamplingFields, prompts: list[list[int]], max_tokens: int | None, logprobs: int | None
+    ) -> list[ChoiceState]:
+        choices = []
+        for p, prompt_ids in enumerate(prompts):
+            for i in range(request.n):
+                params = self.sampling_params(request, len(prompt_ids), max_tokens, logprobs, i)
+                choices.append(
+                    ChoiceState(
+                        index=p * request.n + i,
+                        prompt_ids=prompt_ids,
+                        params=params,
+                        detokenizer=IncrementalDetokenizer(self.tokenizer),
+                        matcher=StopStringMatcher(request.stop_strings),
+                    )
+                )
+        return choices
+
+    # -- running choices -------------------------------------------------------------------------
+    async def run_choice(self, request_id: str, choice: ChoiceState, eos_ids: tuple[int, ...]) -> AsyncIterator[ChoiceDelta]:
+        started = time.monotonic()
+        last = started
+        self.metrics.prompt_tokens.inc(len(choice.prompt_ids))
+        hidden_ids = set(choice.params.stop_token_ids) | (set() if choice.params.ignore_eos else set(eos_ids))
+        try:
+            async for out in self.engine.generate(f"{request_id}-{choice.index}", choice.prompt_ids, choice.params):
+                now = time.monotonic()
+                if out.token_id is None:
+                    break
+                if not choice.token_ids:
+                    self.metrics.ttft.observe(now - started)
+                else:
+                    self.metrics.itl.observe(now - last)
+                last = now
+                self.metrics.generation_tokens.inc()
+                choice.token_ids.append(out.token_id)
+                new_logprobs = [(out.token_id, out.logprobs)] if out.logprobs is not None else []
+                choice.logprobs.extend(new_logprobs)
+                finished = out.finish_reason is not None
+                # A stop or eos token ends the text without appearing in it (as in vLLM and OpenAI).
+                piece = "" if finished and out.token_id in hidden_ids else choice.detokenizer.add(out.token_id)
+                if finished:
+                    piece += choice.detokenizer.flush()
+                text, hit_stop = choice.matcher.feed(piece)
+                if hit_stop:
+                    choice.finish_reason = "stop"
+                    yield ChoiceDelta(choice.index, text, new_logprobs, "stop")
+                    return  # leaving the engine stream aborts the request and frees its pages
+                if out.finish_reason is not None:
+                    choice.finish_reason = out.finish_reason.value
+                    yield ChoiceDelta(choice.index, text + choice.matcher.flush(), new_logprobs, choice.finish_reason)
+                    return
+                if text or new_logprobs:
+                    yield ChoiceDelta(choice.index, text, new_logprobs, None)
+        finally:
+            if choice.finish_reason is not None:
+                self.metrics.requests.labels(choice.finish_reason).inc()
+
+    async def merged(self, request_id: str, choices: list[ChoiceState], eos_ids: tuple[int, ...]) -> AsyncIterator[ChoiceDelta]:
+        """All choices' deltas, as they come; cancelling this cancels (and aborts) every choice."""
+        if len(choices) == 1:
+            async for delta in self.run_choice(request_id, choices[0], eos_ids):
+                yield delta
+            return
+        queue: asyncio.Queue[ChoiceDelta | BaseException | None] = asyncio.Queue()
+
+        async def pump(choice: ChoiceState) -> None:
+            try:
+                async for delta in self.run_choice(request_id, choice, eos_ids):
+                    queue.put_nowait(delta)
+                queue.put_nowait(None)
+            except BaseException as exc:  # surfaced to the consumer below
+                queue.put_nowait(exc)
+
+        tasks = [asyncio.create_task(pump(c)) for c in choices]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- response shapes -------------------------------------------------------------------------
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def completion_logprobs(self, entries: list[tuple[int, TokenLogprobs]], offset: int = 0) -> dict[str, Any]:
+        tokens, token_logprobs, top, offsets = [], [], [], []
+        for token_id, lp in entries:
+            text = self.token_text(token_id)
+            offsets.append(offset)
+            offset += len(text)
+            tokens.append(text)
+            token_logprobs.append(lp.token_logprob)
+            top.append({self.token_text(t): v for t, v in lp.top})
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+    def chat_logprobs(self, entries: list[tuple[int, TokenLogprobs]]) -> dict[str, Any]:
+        def item(token_id: int, value: float) -> dict[str, Any]:
+            text = self.token_text(token_id)
+            return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+        return {
+            "content": [
+                item(token_id, lp.token_logprob) | {"top_logprobs": [item(t, v) for t, v in lp.top]}
+                for token_id, lp in entries
+            ]
+        }
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompts: list[list[int]], choices: list[ChoiceState]) -> dict[str, int]:
+    prompt_tokens = sum(len(ids) for ids in prompts)
+    completion_tokens = sum(len(c.token_ids) for c in choices)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"

@@ -1,0 +1,275 @@
+"""The OpenAI API of a real `python -m tpserve --tp 2` process, through the real `openai` client."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tpserve import LLM, SamplingParams
+
+from .server_process import ServerProcess, poll_until
+
+API_KEY = "test-key"
+PROMPTS = [f"Tensor parallelism number {i}: " for i in range(32)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("llama")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    proc = ServerProcess(
+        ["--model", str(model_dir), "--tp", "2", "--device", "cpu", "--served-model-name", "tiny",
+         "--api-key", API_KEY, "--max-prefill-length", "64"],
+        log,
+    )
+    try:
+        proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def greedy(**extra: object) -> dict:
+    return {"temperature": 0, "extra_body": {"ignore_eos": True}} | extra
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert match, f"{name} missing from /metrics"
+    return float(match.group(1))
+
+
+# -- happy paths ---------------------------------------------------------------------------------
+def test_models_lists_the_served_name(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_completion_stream_equals_non_stream_and_usage_counts_tokens(client: openai.OpenAI) -> None:
+    full = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=10, logprobs=0, **greedy())
+    choice = full.choices[0]
+    assert choice.finish_reason == "length"
+    assert full.usage.completion_tokens == 10 == len(choice.logprobs.tokens)
+    assert full.usage.prompt_tokens > 0
+    assert full.usage.total_tokens == full.usage.prompt_tokens + 10
+    chunks = list(client.completions.create(
+        model="tiny", prompt=PROMPTS[0], max_tokens=10, stream=True, stream_options={"include_usage": True}, **greedy()))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_chat_stream_and_non_stream_agree(client: openai.OpenAI) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, world!"}]
+    full = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, **greedy())
+    assert full.choices[0].message.role == "assistant"
+    assert full.usage.completion_tokens == 12
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, stream=True, **greedy())
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, logprobs=True, top_logprobs=3, **greedy())
+    content = out.choices[0].logprobs.content
+    assert len(content) == 4
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        assert entry.logprob <= 0
+
+
+def test_n_choices_with_seed_are_distinct_and_reproducible(client: openai.OpenAI) -> None:
+    def run() -> list[str]:
+        out = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=12, n=2, seed=7, temperature=1.0,
+                                        extra_body={"ignore_eos": True})
+        assert sorted(c.index for c in out.choices) == [0, 1]
+        assert out.usage.completion_tokens == 24
+        return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+
+    first = run()
+    assert first == run()
+    assert first[0] != first[1]
+
+
+def test_seeded_chat_is_reproducible(client: openai.OpenAI) -> None:
+    def run(seed: int) -> str:
+        out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "count"}],
+                                             max_tokens=16, temperature=1.0, seed=seed, extra_body={"ignore_eos": True})
+        return out.choices[0].message.content or ""
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+def test_stop_string_across_token_boundary(client: openai.OpenAI) -> None:
+    base = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=16, logprobs=0, **greedy())
+    tokens = [t for t in base.choices[0].logprobs.tokens]
+    text = base.choices[0].text
+    # A stop string made of the end of token 3 and the start of token 4, so no single token holds it.
+    start = len("".join(tokens[:3]))
+    pieces = [t for t in tokens[3:5] if t]
+    assert len(pieces) == 2 and len(pieces[0]) >= 1 and len(pieces[1]) >= 1
+    stop = pieces[0][-1] + pieces[1][0]
+    cut = text.find(stop)
+    assert 0 <= cut <= start + len(pieces[0]) - 1
+    for stream in (False, True):
+        out = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=16, stop=[stop], stream=stream, **greedy())
+        if stream:
+            chunks = list(out)
+            got, reason = "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
+        else:
+            got, reason = out.choices[0].text, out.choices[0].finish_reason
+        assert got == text[:cut]
+        assert reason == "stop"
+
+
+def test_http_greedy_equals_offline_api(client: openai.OpenAI, model_dir: Path) -> None:
+    prompts = PROMPTS[3:6]
+    http = [client.completions.create(model="tiny", prompt=p, max_tokens=14, **greedy()).choices[0].text for p in prompts]
+    with LLM(str(model_dir), tp=2) as llm:
+        offline = llm.generate(prompts, SamplingParams(max_tokens=14, temperature=0, ignore_eos=True))
+    assert http == [o.text for o in offline]
+
+
+def test_concurrent_streams_each_get_their_sequential_result(client: openai.OpenAI, server: ServerProcess) -> None:
+    sequential = [client.completions.create(model="tiny", prompt=p, max_tokens=12, **greedy()).choices[0].text for p in PROMPTS]
+
+    async def stream_all() -> list[str]:
+        aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+        async def one(prompt: str) -> str:
+            stream = await aclient.completions.create(model="tiny", prompt=prompt, max_tokens=12, stream=True, **greedy())
+            return "".join([c.choices[0].text async for c in stream])
+
+        try:
+            return await asyncio.gather(*(one(p) for p in PROMPTS))
+        finally:
+            await aclient.close()
+
+    assert asyncio.run(stream_all()) == sequential
+
+
+def test_disconnect_mid_stream_frees_pages(server: ServerProcess) -> None:
+    poll_until(lambda: metric(server, "tpserve_kv_cache_pages_used") == 0, 30, what="idle server")
+    body = {"model": "tiny", "prompt": PROMPTS[4], "max_tokens": 200, "stream": True, "temperature": 0, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as response:
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in received)
+        assert metric(server, "tpserve_kv_cache_pages_used") > 0
+    # Connection closed after a few tokens: the request is aborted and its pages come back.
+    poll_until(lambda: metric(server, "tpserve_kv_cache_pages_used") == 0, 15, what="pages freed")
+    assert metric(server, "tpserve_num_requests_running") == 0
+
+
+def test_health_generate_and_metrics(server: ServerProcess) -> None:
+    assert httpx.get(f"{server.url}/health_generate", timeout=30).status_code == 200
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and [r["phase"] for r in health["ranks"]] == ["ready", "ready"]
+    assert metric(server, "tpserve_ranks_ready") == 2
+    assert metric(server, "tpserve_kv_cache_pages_total") > 0
+    assert metric(server, "tpserve_generation_tokens_total") > 0
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "tpserve_time_to_first_token_seconds_bucket" in text
+    assert "tpserve_inter_token_latency_seconds_bucket" in text
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_api_key_is_required(server: ServerProcess) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.get(f"{server.url}/v1/models", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def post(server: ServerProcess, path: str, content: bytes | None = None, json: object = None, headers: dict | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"} | (headers or {})
+    return httpx.post(f"{server.url}{path}", content=content, json=json, headers=headers, timeout=30)
+
+
+BAD_COMPLETIONS = [
+    ({"model": "tiny", "prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 10**9}, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": "ten"}, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "temperature": "hot"}, "temperature"),
+    ({"model": "tiny", "prompt": "hi", "n": 0}, "n"),
+    ({"model": "tiny", "prompt": "hi", "n": 1000}, "n"),
+    ({"model": "tiny", "prompt": "hi", "frobnicate": True}, "frobnicate"),
+    ({"model": "tiny", "prompt": ""}, "prompt"),
+    ({"model": "tiny", "prompt": []}, "prompt"),
+    ({"model": "tiny", "prompt": [1, 2, 99999]}, "prompt"),
+    ({"model": "tiny", "prompt": "word " * 400}, "prompt"),
+    ({"model": "tiny"}, "prompt"),
+    ({"model": "tiny", "prompt": "hi", "top_p": 0}, "top_p"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_COMPLETIONS, ids=[f for _, f in BAD_COMPLETIONS])
+def test_bad_completion_requests_name_the_field(server: ServerProcess, body: dict, field: str) -> None:
+    response = post(server, "/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert field in (error["param"] or "") or field in error["message"]
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-7", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"model": "tiny", "prompt": "\xff\xfe"}', ""),
+        (b"[1, 2, 3]", ""),
+    ],
+    ids=["invalid-json", "invalid-utf8", "not-an-object"],
+)
+def test_malformed_bodies_are_400(server: ServerProcess, content: bytes, expected: str) -> None:
+    response = post(server, "/v1/completions", content=content)
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["error"]["message"]
+
+
+def test_bad_chat_requests(server: ServerProcess) -> None:
+    assert post(server, "/v1/chat/completions", json={"model": "tiny", "messages": []}).status_code == 400
+    wrong_role = post(server, "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]})
+    assert wrong_role.status_code == 400 and "role" in wrong_role.json()["error"]["message"]
+    no_logprobs = post(server, "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+    assert no_logprobs.status_code == 400 and "top_logprobs" in no_logprobs.json()["error"]["message"]
+
+
+def test_oversized_body_is_413(server: ServerProcess) -> None:
+    response = post(server, "/v1/completions", content=b'{"model": "tiny", "prompt": "' + b"a" * (33 * 1024 * 1024) + b'"}')
+    assert response.status_code == 413
+    assert "exceeds" in response.json()["error"]["message"]
+
+
+def test_server_keeps_serving_after_bad_input(client: openai.OpenAI, server: ServerProcess) -> None:
+    for body, _ in BAD_COMPLETIONS:
+        post(server, "/v1/completions", json=body)
+    out = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=3, **greedy())
+    assert out.usage.completion_tokens == 3
+    assert server.proc.poll() is None
