@@ -11,6 +11,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -52,8 +53,15 @@ def _attention(text: str) -> str:
     return text
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags end in exactly one line on stderr (no usage dump), so logs show the cause plainly."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="tpserve",
         description="Tensor-parallel LLM server with an OpenAI-compatible API.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
