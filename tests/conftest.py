@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# The kubernetes client reads KUBECONFIG's *path* when it is imported; the fake API server of the
+# operator tests writes this file when it starts. Set it before anything imports kubernetes.
+os.environ["KUBECONFIG"] = str(Path(tempfile.mkdtemp(prefix="tpserve-kube-")) / "kubeconfig.yaml")
 
 import pytest
 

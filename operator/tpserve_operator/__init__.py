@@ -1,0 +1,1 @@
+"""tpserve operator: TPInferenceService -> tensor-parallel groups of StatefulSets and Services."""

@@ -1,0 +1,28 @@
+"""`python -m tpserve_operator`: run the operator.
+
+Environment: WATCH_NAMESPACES (comma-separated; empty = all namespaces), LIVENESS_PORT (8080),
+TPSERVE_RECONCILE_INTERVAL_S, TPSERVE_RESTART_BACKOFF_BASE_S.
+"""
+
+from __future__ import annotations
+
+import os
+
+import kopf
+
+from . import handlers  # noqa: F401  (registers the handlers)
+
+
+def main() -> None:
+    namespaces = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
+    port = int(os.environ.get("LIVENESS_PORT", "8080"))
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{port}/healthz",
+    )
+
+
+if __name__ == "__main__":
+    main()

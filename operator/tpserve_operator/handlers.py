@@ -1,0 +1,85 @@
+"""kopf handlers: they only fetch, diff, apply and report; decisions live in pure modules.
+
+Reconciliation is level-triggered: on create/update/resume, on every event of a managed pod,
+and on a short timer, the same `reconcile` runs under a per-resource lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from .kube import Kube
+from .objects import API_GROUP, LABEL_SERVICE, PLURAL
+from .reconcile import ReconcileSettings, reconcile
+
+VERSION = "v1alpha1"
+RECONCILE_INTERVAL_S = float(os.environ.get("TPSERVE_RECONCILE_INTERVAL_S", "5"))
+RETRY_BACKOFF_S = 5.0  # after an API error; the timer re-reconciles anyway
+SETTINGS = ReconcileSettings(backoff_base_s=float(os.environ.get("TPSERVE_RESTART_BACKOFF_BASE_S", "10")))
+
+_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_kube: Kube | None = None
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        _kube = Kube()
+    return _kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _kube
+    _kube = None  # a fresh client and fresh locks for this run's event loop
+    _locks.clear()
+    settings.peering.standalone = True
+    # Keep kopf's own bookkeeping in annotations: the status is ours and schema-checked.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tpserve.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tpserve.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own decisions are posted explicitly
+    settings.watching.server_timeout = 120
+    settings.networking.request_timeout = 30
+
+
+def _event_sink(body: Any) -> Any:
+    def emit(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+    return emit
+
+
+async def _reconcile(body: Any) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    async with _locks[key]:
+        await reconcile(kube(), dict(body), _event_sink(body), SETTINGS)
+
+
+@kopf.on.resume(API_GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
+@kopf.on.create(API_GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
+@kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec", backoff=RETRY_BACKOFF_S)
+async def on_spec(body: kopf.Body, **_: Any) -> None:
+    await _reconcile(body)
+
+
+@kopf.timer(API_GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_S, idle=None)
+async def periodically(body: kopf.Body, **_: Any) -> None:
+    await _reconcile(body)
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "tpserve-operator"})
+async def on_pod_event(body: kopf.Body, **_: Any) -> None:
+    """A managed pod changed: re-judge its group now rather than at the next timer tick."""
+    name = body.get("metadata", {}).get("labels", {}).get(LABEL_SERVICE)
+    namespace = body.get("metadata", {}).get("namespace")
+    if not name or not namespace:
+        return
+    service = await kube().read_service(namespace, name)
+    if service is not None and not service["metadata"].get("deletionTimestamp"):
+        await _reconcile(service)

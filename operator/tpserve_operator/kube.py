@@ -1,0 +1,108 @@
+"""The few Kubernetes API calls the operator makes, as plain dicts, off the event loop.
+
+The official client is synchronous, so every call runs in a worker thread (`asyncio.to_thread`).
+Responses are read raw (`_preload_content=False`) and parsed as JSON: the operator works on the
+same dict shapes it builds, with no model classes in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any, Callable
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from .objects import API_GROUP, PLURAL
+
+Obj = dict[str, Any]
+APPLIED_HASH = "tpserve.io/applied-hash"
+
+
+class Kube:
+    def __init__(self) -> None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.ApiClient()
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    @staticmethod
+    async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
+        def run() -> Obj | None:
+            response = fn(*args, _preload_content=False, **kwargs)
+            data = response.data
+            return json.loads(data) if data else None
+
+        return await asyncio.to_thread(run)
+
+    # -- generic apply ---------------------------------------------------------------------------
+    def _ops(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        if kind == "StatefulSet":
+            return self.apps.read_namespaced_stateful_set, self.apps.create_namespaced_stateful_set, self.apps.patch_namespaced_stateful_set
+        if kind == "Service":
+            return self.core.read_namespaced_service, self.core.create_namespaced_service, self.core.patch_namespaced_service
+        raise ValueError(f"unsupported kind {kind}")
+
+    async def apply(self, obj: Obj) -> str:
+        """Create the object, or patch it if what we want changed; returns created|patched|unchanged."""
+        meta = obj["metadata"]
+        wanted = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+        body = {**obj, "metadata": {**meta, "annotations": {**meta.get("annotations", {}), APPLIED_HASH: wanted}}}
+        read, create, patch = self._ops(obj["kind"])
+        try:
+            current = await self._call(read, meta["name"], meta["namespace"])
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await self._call(create, meta["namespace"], body)
+            return "created"
+        if (current or {}).get("metadata", {}).get("annotations", {}).get(APPLIED_HASH) == wanted:
+            return "unchanged"
+        await self._call(patch, meta["name"], meta["namespace"], body)
+        return "patched"
+
+    # -- reads -----------------------------------------------------------------------------------
+    async def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        result = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        return list((result or {}).get("items", []))
+
+    async def list_statefulsets(self, namespace: str, selector: str) -> list[Obj]:
+        result = await self._call(self.apps.list_namespaced_stateful_set, namespace, label_selector=selector)
+        return list((result or {}).get("items", []))
+
+    async def read_service(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self._call(self.custom.get_namespaced_custom_object, API_GROUP, "v1alpha1", namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        await self._ignore_404(self.core.delete_namespaced_pod, name, namespace)
+
+    async def delete_statefulset(self, namespace: str, name: str) -> None:
+        await self._ignore_404(self.apps.delete_namespaced_stateful_set, name, namespace)
+
+    async def set_pod_condition(self, namespace: str, name: str, condition: Obj) -> None:
+        # Strategic merge on pod status merges conditions by type: other conditions stay.
+        await self._ignore_404(self.core.patch_namespaced_pod_status, name, namespace, {"status": {"conditions": [condition]}})
+
+    async def patch_service_status(self, namespace: str, name: str, status: Obj) -> None:
+        await self._ignore_404(
+            self.custom.patch_namespaced_custom_object_status, API_GROUP, "v1alpha1", namespace, PLURAL, name, {"status": status}
+        )
+
+    async def _ignore_404(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await self._call(fn, *args)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

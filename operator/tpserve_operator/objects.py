@@ -1,0 +1,248 @@
+"""Pure functions: a TPInferenceService spec -> the Kubernetes objects that serve it.
+
+Per service NAME:
+- `NAME-headless`: headless Service for rendezvous DNS, publishing not-ready addresses (ranks must
+  find node 0 before anyone is Ready);
+- `NAME`: the Service clients use; it selects leader pods only;
+- `NAME-leader`: StatefulSet with one leader pod per group (ordinal = group index);
+- `NAME-worker-G`: per group G, a StatefulSet of `nodes - 1` pods with ordinals 1..nodes-1, so a
+  worker's pod index *is* its `--node-rank`.
+
+Both kinds of StatefulSet use `OnDelete`: the operator, not the StatefulSet controller, decides
+when pods are replaced, because a group must be replaced as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .spec import GPU_RESOURCE, RENDEZVOUS_PORT, ServiceSpec
+
+API_GROUP = "tpserve.io"
+API_VERSION = "tpserve.io/v1alpha1"
+KIND = "TPInferenceService"
+PLURAL = "tpinferenceservices"
+
+GROUP_READY_GATE = "tpserve.io/group-ready"
+LABEL_SERVICE = "tpserve.io/service"
+LABEL_ROLE = "tpserve.io/role"
+LABEL_GROUP = "tpserve.io/group"
+LABEL_SPEC_HASH = "tpserve.io/spec-hash"
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+
+Obj = dict[str, Any]
+
+
+def headless_name(name: str) -> str:
+    return f"{name}-headless"
+
+
+def leader_name(name: str) -> str:
+    return f"{name}-leader"
+
+
+def worker_name(name: str, group: int) -> str:
+    return f"{name}-worker-{group}"
+
+
+def leader_pod_name(name: str, group: int) -> str:
+    return f"{leader_name(name)}-{group}"
+
+
+def leader_address(name: str, group: int) -> str:
+    """node 0's rendezvous address for group `group` (the leader pod's stable DNS name)."""
+    return f"{leader_pod_name(name, group)}.{headless_name(name)}:{RENDEZVOUS_PORT}"
+
+
+def endpoint(spec: ServiceSpec) -> str:
+    return f"http://{spec.name}.{spec.namespace}.svc:{spec.port}/v1"
+
+
+def common_labels(spec: ServiceSpec) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tpserve",
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/managed-by": "tpserve-operator",
+        "app.kubernetes.io/part-of": "tpserve",
+        LABEL_SERVICE: spec.name,
+    }
+
+
+def leader_selector(name: str) -> dict[str, str]:
+    return {LABEL_SERVICE: name, LABEL_ROLE: "leader"}
+
+
+def owner_reference(owner_name: str, owner_uid: str) -> Obj:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner_name,
+        "uid": owner_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(spec: ServiceSpec, name: str, owner_uid: str, extra_labels: dict[str, str] | None = None) -> Obj:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": common_labels(spec) | (extra_labels or {}),
+        "ownerReferences": [owner_reference(spec.name, owner_uid)],
+    }
+
+
+def server_args(spec: ServiceSpec, node_rank: str, dist_init_addr: str) -> list[str]:
+    """The server's command-line flags; `node_rank` may be a $(VAR) the kubelet expands."""
+    args = [
+        "--model", spec.model_path,
+        "--tp", str(spec.tensor_parallel_size),
+        "--nnodes", str(spec.nodes),
+        "--node-rank", node_rank,
+        "--dist-init-addr", dist_init_addr,
+        "--host", "0.0.0.0",
+        "--port", str(spec.port),
+        "--device", spec.device,
+    ]
+    if spec.served_name:
+        args += ["--served-model-name", spec.served_name]
+    return args + spec.engine.flags()
+
+
+def _probe(spec: ServiceSpec, period: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": "/health", "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool) -> Obj:
+    resources = {k: dict(v) for k, v in spec.resources.items()}
+    if spec.device == "cuda":
+        resources.setdefault("limits", {})[GPU_RESOURCE] = str(spec.gpus_per_pod)
+        resources.setdefault("requests", {})[GPU_RESOURCE] = str(spec.gpus_per_pod)
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if spec.model_volume:
+        mounts.append({"name": "model", "mountPath": spec.model_mount_path, "readOnly": True})
+    ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
+    if leader:
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+    return {
+        "name": "server",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["python3", "-m", "tpserve"],
+        "args": args,
+        "env": env + [dict(e) for e in spec.env],
+        "ports": ports,
+        "resources": resources,
+        "volumeMounts": mounts,
+        # Loading a large model can take many minutes: the startup probe allows an hour.
+        "startupProbe": _probe(spec, period=10, failures=360),
+        "readinessProbe": _probe(spec, period=5, failures=1),
+        "livenessProbe": _probe(spec, period=10, failures=3),
+    }
+
+
+def _pod_template(spec: ServiceSpec, labels: dict[str, str], container: Obj, leader: bool) -> Obj:
+    volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}]
+    if spec.model_volume:
+        volumes.append({"name": "model", **spec.model_volume})
+    pod_spec: Obj = {
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if leader:
+        pod_spec["readinessGates"] = [{"conditionType": GROUP_READY_GATE}]
+    optional = {
+        "nodeSelector": spec.node_selector,
+        "tolerations": [dict(t) for t in spec.tolerations],
+        "affinity": spec.affinity,
+        "imagePullSecrets": [dict(s) for s in spec.image_pull_secrets],
+        "serviceAccountName": spec.service_account_name,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+    return {"metadata": {"labels": labels}, "spec": pod_spec}
+
+
+def _statefulset(spec: ServiceSpec, name: str, owner_uid: str, labels: dict[str, str], selector: dict[str, str],
+                 replicas: int, template: Obj, first_ordinal: int) -> Obj:
+    sts_spec: Obj = {
+        "replicas": replicas,
+        "serviceName": headless_name(spec.name),
+        "podManagementPolicy": "Parallel",  # ranks must start together to rendezvous
+        "updateStrategy": {"type": "OnDelete"},  # the operator replaces whole groups
+        "selector": {"matchLabels": selector},
+        "template": template,
+    }
+    if first_ordinal:
+        sts_spec["ordinals"] = {"start": first_ordinal}
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _metadata(spec, name, owner_uid, labels), "spec": sts_spec}
+
+
+def leader_statefulset(spec: ServiceSpec, owner_uid: str) -> Obj:
+    labels = common_labels(spec) | {LABEL_ROLE: "leader", "app.kubernetes.io/component": "leader", LABEL_SPEC_HASH: spec.spec_hash}
+    env = [_field_env("TPSERVE_POD_NAME", "metadata.name")]
+    # Node 0 hosts the rendezvous; with one node it never leaves the pod.
+    address = f"$(TPSERVE_POD_NAME).{headless_name(spec.name)}:{RENDEZVOUS_PORT}" if spec.nodes > 1 else f"127.0.0.1:{RENDEZVOUS_PORT}"
+    container = _container(spec, server_args(spec, "0", address), env, leader=True)
+    return _statefulset(
+        spec, leader_name(spec.name), owner_uid, {LABEL_ROLE: "leader"}, leader_selector(spec.name),
+        spec.replicas, _pod_template(spec, labels, container, leader=True), first_ordinal=0,
+    )
+
+
+def worker_statefulset(spec: ServiceSpec, owner_uid: str, group: int) -> Obj:
+    role = {LABEL_ROLE: "worker", LABEL_GROUP: str(group)}
+    labels = common_labels(spec) | role | {"app.kubernetes.io/component": "worker", LABEL_SPEC_HASH: spec.spec_hash}
+    env = [_field_env("TPSERVE_POD_NAME", "metadata.name"), _field_env("TPSERVE_NODE_RANK", f"metadata.labels['{POD_INDEX_LABEL}']")]
+    container = _container(spec, server_args(spec, "$(TPSERVE_NODE_RANK)", leader_address(spec.name, group)), env, leader=False)
+    return _statefulset(
+        spec, worker_name(spec.name, group), owner_uid, role, {LABEL_SERVICE: spec.name} | role,
+        spec.nodes - 1, _pod_template(spec, labels, container, leader=False), first_ordinal=1,
+    )
+
+
+def headless_service(spec: ServiceSpec, owner_uid: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, headless_name(spec.name), owner_uid),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_SERVICE: spec.name},
+            "ports": [
+                {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"},
+                {"name": "http", "port": spec.port, "targetPort": spec.port, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def leader_service(spec: ServiceSpec, owner_uid: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, spec.name, owner_uid),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": leader_selector(spec.name),
+            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def desired_objects(spec: ServiceSpec, owner_uid: str) -> list[Obj]:
+    objects = [headless_service(spec, owner_uid), leader_service(spec, owner_uid), leader_statefulset(spec, owner_uid)]
+    if spec.nodes > 1:
+        objects += [worker_statefulset(spec, owner_uid, g) for g in range(spec.replicas)]
+    return objects
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}

@@ -1,0 +1,180 @@
+"""One level-triggered reconciliation of a TPInferenceService: fetch, diff, apply, report.
+
+Everything the operator knows lives in the cluster (objects, pods, the resource's status), so a
+restarted operator converges to the same objects and decisions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .groups import GroupDecision, decide_group, split_groups
+from .kube import Kube
+from .objects import (
+    GROUP_READY_GATE,
+    LABEL_GROUP,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    desired_objects,
+    endpoint,
+)
+from .spec import ServiceSpec, SpecError
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+EventSink = Callable[[str, str, str], None]  # (type, reason, message)
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    backoff_base_s: float = 10.0
+
+
+def now_utc() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _timestamp(moment: datetime.datetime) -> str:
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileSettings) -> None:
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
+    generation = int(meta.get("generation", 1))
+    previous = dict(body.get("status") or {})
+    try:
+        spec = ServiceSpec.parse(name, namespace, dict(body.get("spec") or {}))
+    except SpecError as exc:
+        if previous.get("message") != str(exc):
+            emit("Warning", "InvalidSpec", str(exc))
+        await kube.patch_service_status(namespace, name, invalid_spec_status(previous, generation, str(exc)))
+        return
+
+    for obj in desired_objects(spec, uid):
+        action = await kube.apply(obj)
+        if action != "unchanged":
+            emit("Normal", action.capitalize(), f"{obj['kind']} {obj['metadata']['name']} {action}")
+    await _remove_stale_workers(kube, spec, emit)
+
+    pods = await kube.list_pods(namespace, f"{LABEL_SERVICE}={name}")
+    groups = split_groups(pods, spec.replicas)
+    previous_groups = {g.get("index"): g for g in previous.get("groups") or []}
+    moment = now_utc()
+    decisions: list[GroupDecision] = []
+    for index, group in groups.items():
+        # Roll one group at a time, in index order: a group is replaced only once every group
+        # before it serves again, so at most one group is ever down for a spec change.
+        may_roll = all(d.phase == "Ready" for d in decisions)
+        decision = decide_group(
+            spec, group, previous_groups.get(index, {}), generation, moment, may_roll, settings.backoff_base_s
+        )
+        decisions.append(decision)
+        if decision.event is not None:
+            emit(*decision.event)
+        for pod_name in decision.delete_pods:
+            await kube.delete_pod(namespace, pod_name)
+        if group.leader is not None and not decision.delete_pods:
+            await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
+
+    status = service_status(spec, previous, generation, decisions, moment)
+    if _status_changed(previous, status):
+        if status["phase"] != previous.get("phase"):
+            emit("Normal" if status["phase"] in ("Ready", "Starting") else "Warning", f"Phase{status['phase']}", status["message"])
+        await kube.patch_service_status(namespace, name, status)
+
+
+async def _remove_stale_workers(kube: Kube, spec: ServiceSpec, emit: EventSink) -> None:
+    workers = await kube.list_statefulsets(spec.namespace, f"{LABEL_SERVICE}={spec.name},{LABEL_ROLE}=worker")
+    for sts in workers:
+        group = int(sts["metadata"].get("labels", {}).get(LABEL_GROUP, "-1"))
+        if spec.nodes == 1 or group >= spec.replicas:
+            await kube.delete_statefulset(spec.namespace, sts["metadata"]["name"])
+            emit("Normal", "Deleted", f"StatefulSet {sts['metadata']['name']} deleted (group {group} no longer wanted)")
+
+
+async def _set_gate(kube: Kube, leader: Obj, ready: bool, message: str, moment: datetime.datetime) -> None:
+    wanted = "True" if ready else "False"
+    for cond in leader.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == GROUP_READY_GATE and cond.get("status") == wanted:
+            return
+    await kube.set_pod_condition(
+        leader["metadata"]["namespace"],
+        leader["metadata"]["name"],
+        {
+            "type": GROUP_READY_GATE,
+            "status": wanted,
+            "reason": "GroupReady" if ready else "GroupNotReady",
+            "message": message,
+            "lastTransitionTime": _timestamp(moment),
+        },
+    )
+
+
+def _condition(previous: Obj, kind: str, status: bool, reason: str, message: str, generation: int, moment: datetime.datetime) -> Obj:
+    value = "True" if status else "False"
+    old = next((c for c in previous.get("conditions") or [] if c.get("type") == kind), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == value else _timestamp(moment)
+    return {"type": kind, "status": value, "reason": reason, "message": message, "observedGeneration": generation, "lastTransitionTime": since}
+
+
+def service_status(spec: ServiceSpec, previous: Obj, generation: int, decisions: list[GroupDecision], moment: datetime.datetime) -> Obj:
+    ready = sum(d.phase == "Ready" for d in decisions)
+    failed = [d for d in decisions if d.phase == "Failed"]
+    total = spec.replicas
+    if total == 0:
+        phase, message = "Pending", "scaled to zero groups"
+    elif ready == total:
+        phase, message = "Ready", f"all {total} group(s) ready"
+    elif failed and ready == 0:
+        phase, message = "Failed", "; ".join(d.message for d in failed)
+    elif ready > 0 or failed:
+        phase, message = "Degraded", f"{ready}/{total} group(s) ready" + (f"; {failed[0].message}" if failed else "")
+    else:
+        phase, message = "Starting", f"0/{total} group(s) ready; " + "; ".join(f"group {d.index}: {d.message}" for d in decisions)
+    progressing = phase != "Ready" and not failed
+    conditions = [
+        _condition(previous, "Ready", phase == "Ready", "AllGroupsReady" if phase == "Ready" else "GroupsNotReady", message, generation, moment),
+        _condition(previous, "Progressing", progressing, "Reconciling" if progressing else "Stable", message, generation, moment),
+        _condition(previous, "Degraded", phase in ("Degraded", "Failed"), "GroupFailed" if failed else ("GroupsNotReady" if phase == "Degraded" else "AsExpected"), message, generation, moment),
+    ]
+    return {
+        "phase": phase,
+        "replicas": total,
+        "readyReplicas": ready,
+        "readyText": f"{ready}/{total}",
+        "selector": f"{LABEL_SERVICE}={spec.name},{LABEL_ROLE}=leader",
+        "observedGeneration": generation,
+        "endpoint": endpoint(spec) if ready else "",
+        "message": message,
+        "specHash": spec.spec_hash,
+        "groups": [d.status_entry() for d in decisions],
+        "conditions": conditions,
+    }
+
+
+def invalid_spec_status(previous: Obj, generation: int, message: str) -> Obj:
+    moment = now_utc()
+    return {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "message": message,
+        "conditions": [
+            _condition(previous, "Ready", False, "InvalidSpec", message, generation, moment),
+            _condition(previous, "Progressing", False, "InvalidSpec", message, generation, moment),
+            _condition(previous, "Degraded", True, "InvalidSpec", message, generation, moment),
+        ],
+    }
+
+
+def _status_changed(previous: Obj, status: Obj) -> bool:
+    def strip(s: Obj) -> Obj:
+        return {k: v for k, v in s.items() if k != "conditions"} | {
+            "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s.get("conditions") or []]
+        }
+
+    return strip(previous) != strip(status)
