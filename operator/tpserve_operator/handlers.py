@@ -56,9 +56,14 @@ def _event_sink(body: Any) -> Any:
 
 
 async def _reconcile(body: Any) -> None:
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    async with _locks[key]:
-        await reconcile(kube(), dict(body), _event_sink(body), SETTINGS)
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    async with _locks[(namespace, name)]:
+        # Decide from the freshest copy: the body kopf hands over may predate our last status write,
+        # and a decision from stale status would forget restarts it already counted.
+        fresh = await kube().read_service(namespace, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        await reconcile(kube(), fresh, _event_sink(fresh), SETTINGS)
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
@@ -80,6 +85,4 @@ async def on_pod_event(body: kopf.Body, **_: Any) -> None:
     namespace = body.get("metadata", {}).get("namespace")
     if not name or not namespace:
         return
-    service = await kube().read_service(namespace, name)
-    if service is not None and not service["metadata"].get("deletionTimestamp"):
-        await _reconcile(service)
+    await _reconcile({"metadata": {"namespace": namespace, "name": name}})

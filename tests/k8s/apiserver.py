@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import jsonpatch
 import kmock
 import yaml
 from kmock._internal import enums, rendering
@@ -80,15 +81,20 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             if response.status == 200:
                 response.set_status(201)
             return response
+        if request.action == enums.action.UPDATE and request.name is not None and isinstance(request.data, list):
+            current = self._stored(resource, request.namespace, request.name)
+            if current is not None:
+                request.data[:] = self._on_json_patch(request, current, request.data)
         if request.action == enums.action.UPDATE and request.name is not None and isinstance(request.data, dict):
             current = self._stored(resource, request.namespace, request.name)
             if current is not None:
                 _replace_contents(request.data, self._on_update(request, current, copy.deepcopy(request.data)))
-        if request.action == enums.action.DELETE and request.name is not None:
-            victim = self._stored(resource, request.namespace, request.name)
+        if request.action in (enums.action.DELETE, enums.action.UPDATE) and request.name is not None:
+            before = self._stored(resource, request.namespace, request.name)
             response = await super()._handle(request)
-            if victim is not None and response.status < 300:
-                await self._collect_garbage(victim["metadata"].get("uid"))
+            # Deleted now (directly, or by its last finalizer going away): cascade to dependents.
+            if before is not None and self._stored(resource, request.namespace, request.name) is None:
+                await self._collect_garbage(before["metadata"].get("uid"))
             return response
         if request.action == enums.action.LIST and request.params.get("labelSelector"):
             return await self._filtered_list(request)
@@ -127,6 +133,20 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
                 meta_patch["generation"] = int(current["metadata"].get("generation", 1)) + 1
         meta_patch["resourceVersion"] = str(next(self._versions))
         return patch
+
+    def _on_json_patch(self, request: rendering.Request, current: dict[str, Any], ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """RFC 6902 patches (kopf's): failed `test` ops are 422 as on a real server; status isolation applies."""
+        try:
+            patched = jsonpatch.apply_patch(current, ops, in_place=False)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the patch failed: {exc}") from None
+        on_status = request.subresource == "status"
+        if self._key_of(request.resource) in STATUS_SUBRESOURCE:
+            ops = [op for op in ops if op["op"] == "test" or op["path"].startswith("/status") == on_status]
+        extra = [{"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))}]
+        if not on_status and patched.get("spec") != current.get("spec"):
+            extra.append({"op": "add", "path": "/metadata/generation", "value": int(current["metadata"].get("generation", 1)) + 1})
+        return ops + extra
 
     async def _filtered_list(self, request: rendering.Request) -> Any:
         selector = request.params["labelSelector"]

@@ -65,3 +65,141 @@ def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: FakeClust
         make_ready(cluster, "llama-worker-0-1", ready=False)  # a worker drops out: gate shuts at once
         poll_until(lambda: cluster.gate("llama-leader-0") == "False", TIMEOUT, what="gate False")
         assert poll_until(lambda: cluster.status("llama")["phase"] == "Starting", TIMEOUT)
+
+
+def bring_up(cluster: FakeCluster, name: str, groups: int = 1) -> None:
+    cluster.kubelet.default_ready = True
+    poll_until(lambda: cluster.status(name).get("readyReplicas") == groups, TIMEOUT, what=f"{groups} group(s) ready")
+
+
+def uids(cluster: FakeCluster, pods: list[str]) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods() if p["metadata"]["name"] in pods}
+
+
+def test_worker_restart_recreates_the_whole_group(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small())
+        bring_up(cluster, "llama")
+        members = group_pods(cluster, "llama", 0)
+        before = uids(cluster, members)
+        cluster.kubelet.restarts["llama-worker-0-1"] = 1  # the worker's container restarted
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
+        cluster.kubelet.restarts.clear()
+        after = poll_until(lambda: len(u := uids(cluster, members)) == 2 and u, TIMEOUT, what="pods recreated")
+        assert set(after.values()).isdisjoint(before.values()), "leader and worker were both replaced"
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
+        assert cluster.events("GroupRestart"), "the decision is an Event"
+
+
+def test_vanished_worker_pod_recreates_the_group(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small())
+        bring_up(cluster, "llama")
+        poll_until(lambda: len(cluster.status("llama")["groups"][0]["podUIDs"]) == 2, TIMEOUT)
+        leader_uid = uids(cluster, ["llama-leader-0"])["llama-leader-0"]
+        cluster.core.delete_namespaced_pod("llama-worker-0-1", "default")  # e.g. its node was drained
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
+        poll_until(lambda: uids(cluster, ["llama-leader-0"]).get("llama-leader-0") not in (None, leader_uid), TIMEOUT, what="leader replaced")
+
+
+def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small(maxGroupRestarts=1))
+        bring_up(cluster, "llama")
+        cluster.kubelet.restarts["llama-worker-0-1"] = 1
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT)
+        # The recreated worker crashes again: the budget of one restart is spent.
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1 and uids(cluster, ["llama-worker-0-1"]), TIMEOUT)
+        cluster.kubelet.restarts["llama-worker-0-1"] = 3
+        status = poll_until(lambda: (s := cluster.status("llama"))["phase"] == "Failed" and s, TIMEOUT, what="Failed")
+        assert "restart budget of 1 exhausted" in status["groups"][0]["message"]
+        assert {c["type"]: c["status"] for c in status["conditions"]}["Degraded"] == "True"
+        assert cluster.events("GroupFailed")
+        assert cluster.gate("llama-leader-0") == "False"
+        # Failed is sticky: nothing is recreated while the spec stays the same.
+        assert cluster.status("llama")["groups"][0]["restarts"] == 1
+        cluster.kubelet.restarts.clear()
+        cluster.patch_spec("llama", {"engine": {"maxPrefillLength": 2048}})
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="recovered after spec change")
+
+
+def test_scale_groups_up_and_down(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small())
+        bring_up(cluster, "llama")
+        cluster.patch_spec("llama", {"replicas": 3})
+        status = poll_until(lambda: (s := cluster.status("llama")).get("readyReplicas") == 3 and s, TIMEOUT, what="3 groups")
+        assert [g["leaderPod"] for g in status["groups"]] == ["llama-leader-0", "llama-leader-1", "llama-leader-2"]
+        assert {"llama-worker-0", "llama-worker-1", "llama-worker-2"} <= cluster.statefulset_names()
+        assert status["readyText"] == "3/3"
+        cluster.patch_spec("llama", {"replicas": 1})
+        poll_until(lambda: not {"llama-worker-1", "llama-worker-2"} & cluster.statefulset_names(), TIMEOUT, what="workers removed")
+        poll_until(lambda: len(cluster.pods("tpserve.io/service=llama")) == 2, TIMEOUT, what="pods removed")
+        assert cluster.status("llama")["replicas"] == 1
+
+
+def test_spec_change_rolls_group_by_group(cluster: FakeCluster) -> None:
+    def hashes(group: int) -> set[str]:
+        members = group_pods(cluster, "llama", group)
+        return {p["metadata"]["labels"]["tpserve.io/spec-hash"] for p in cluster.pods() if p["metadata"]["name"] in members}
+
+    with operator():
+        cluster.create(small(replicas=2))
+        bring_up(cluster, "llama", groups=2)
+        old_hash = cluster.status("llama")["specHash"]
+        # From now on only group 1's pods report ready: group 0's replacements will hang unready.
+        cluster.kubelet.default_ready = False
+        make_ready(cluster, *group_pods(cluster, "llama", 1))
+        cluster.patch_spec("llama", {"engine": {"maxPrefillLength": 1024}})
+        new_hash = poll_until(lambda: (h := cluster.status("llama")["specHash"]) != old_hash and h, TIMEOUT, what="new spec seen")
+        poll_until(lambda: hashes(0) == {new_hash}, TIMEOUT, what="group 0 replaced")
+        poll_until(lambda: cluster.status("llama")["groups"][0]["phase"] == "Starting", TIMEOUT)
+        assert hashes(1) == {old_hash}, "group 1 keeps serving while group 0 is not ready"
+        assert cluster.status("llama")["groups"][1]["phase"] == "Ready"
+
+        cluster.kubelet.containers_ready.clear()
+        cluster.kubelet.default_ready = True
+        poll_until(lambda: hashes(1) == {new_hash}, TIMEOUT, what="group 1 rolled after group 0 is ready")
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT)
+        args = cluster.pod("llama-leader-1")["spec"]["containers"][0]["args"]
+        assert args[args.index("--max-prefill-length") + 1] == "1024"
+        assert len(cluster.events("RollingGroup")) >= 2
+        assert all(g["restarts"] == 0 for g in cluster.status("llama")["groups"]), "a roll is not a restart"
+
+
+def test_delete_leaves_nothing_behind(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small(replicas=2))
+        bring_up(cluster, "llama", groups=2)
+        cluster.delete("llama")
+        poll_until(lambda: not cluster.statefulset_names() and not cluster.service_names() and not cluster.pods(), TIMEOUT, what="all gone")
+
+
+def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small("broken", engine={"extraArgs": ["--tp", "2"]}))
+        cluster.create(small("healthy"))
+        status = poll_until(lambda: (s := cluster.status("broken")).get("phase") == "Failed" and s, TIMEOUT, what="broken Failed")
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec" and "spec.engine.extraArgs" in ready["message"]
+        assert any("spec.engine.extraArgs" in e["message"] for e in cluster.events("InvalidSpec"))
+        bring_up(cluster, "healthy")
+        assert not any(name.startswith("broken") for name in cluster.statefulset_names())
+        cluster.patch_spec("broken", {"engine": {"extraArgs": []}})
+        poll_until(lambda: "broken-leader" in cluster.statefulset_names(), TIMEOUT, what="fixed spec reconciled")
+
+
+def test_operator_restart_converges(cluster: FakeCluster) -> None:
+    with operator():
+        cluster.create(small(replicas=2))
+        poll_until(lambda: "llama-worker-1" in cluster.statefulset_names(), TIMEOUT)
+    # The operator stopped mid-way: groups exist but nothing has been judged Ready yet.
+    cluster.kubelet.default_ready = True
+    poll_until(lambda: len(cluster.pods()) == 4, TIMEOUT, what="all pods created")
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
+    with operator():
+        poll_until(lambda: cluster.status("llama").get("readyReplicas") == 2, TIMEOUT, what="converged")
+        assert cluster.gate("llama-leader-0") == "True" and cluster.gate("llama-leader-1") == "True"
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
+    assert after == before, "a restarted operator does not recreate healthy groups"
+    assert cluster.statefulset_names() == {"llama-leader", "llama-worker-0", "llama-worker-1"}
