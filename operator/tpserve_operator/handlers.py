@@ -24,6 +24,7 @@ RETRY_BACKOFF_S = 5.0  # after an API error; the timer re-reconciles anyway
 SETTINGS = ReconcileSettings(backoff_base_s=float(os.environ.get("TPSERVE_RESTART_BACKOFF_BASE_S", "10")))
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_queued: set[tuple[str, str]] = set()  # pods change in bursts: coalesce their reconciles
 _kube: Kube | None = None
 
 
@@ -39,6 +40,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _kube
     _kube = None  # a fresh client and fresh locks for this run's event loop
     _locks.clear()
+    _queued.clear()
     settings.peering.standalone = True
     # Keep kopf's own bookkeeping in annotations: the status is ours and schema-checked.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tpserve.io")
@@ -57,7 +59,12 @@ def _event_sink(body: Any) -> Any:
 
 async def _reconcile(body: Any) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    async with _locks[(namespace, name)]:
+    key = (namespace, name)
+    if key in _queued:
+        return  # a reconcile that has not read the cluster yet is already waiting: it will see this change
+    _queued.add(key)
+    async with _locks[key]:
+        _queued.discard(key)
         # Decide from the freshest copy: the body kopf hands over may predate our last status write,
         # and a decision from stale status would forget restarts it already counted.
         fresh = await kube().read_service(namespace, name)

@@ -91,6 +91,11 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
                 _replace_contents(request.data, self._on_update(request, current, copy.deepcopy(request.data)))
         if request.action in (enums.action.DELETE, enums.action.UPDATE) and request.name is not None:
             before = self._stored(resource, request.namespace, request.name)
+            if before is not None and request.action == enums.action.DELETE:
+                # Marking for deletion is a change: it gets a new resourceVersion (kopf skips
+                # watch events whose version it has already seen).
+                self.objects[resource, request.namespace, request.name].patch(
+                    {"metadata": {"resourceVersion": str(next(self._versions))}})
             response = await super()._handle(request)
             # Deleted now (directly, or by its last finalizer going away): cascade to dependents.
             if before is not None and self._stored(resource, request.namespace, request.name) is None:

@@ -139,6 +139,37 @@ class SimulatedKubelet:
                 raise
 
 
+class GarbageCollector:
+    """Deletes pods, StatefulSets and Services whose every owner is gone (orphans from races)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.core = client.CoreV1Api()
+        self.apps = client.AppsV1Api()
+        self.custom = client.CustomObjectsApi()
+
+    def sync(self) -> None:
+        services = raw(self.custom.list_namespaced_custom_object, "tpserve.io", "v1alpha1", self.namespace, "tpinferenceservices")["items"]
+        statefulsets = raw(self.apps.list_namespaced_stateful_set, self.namespace)["items"]
+        kube_services = raw(self.core.list_namespaced_service, self.namespace)["items"]
+        pods = raw(self.core.list_namespaced_pod, self.namespace)["items"]
+        alive = {o["metadata"]["uid"] for o in services + statefulsets + kube_services + pods}
+        deleters = (
+            (statefulsets, self.apps.delete_namespaced_stateful_set),
+            (kube_services, self.core.delete_namespaced_service),
+            (pods, self.core.delete_namespaced_pod),
+        )
+        for objects, delete in deleters:
+            for obj in objects:
+                owners = obj["metadata"].get("ownerReferences") or []
+                if owners and not any(o.get("uid") in alive for o in owners):
+                    try:
+                        delete(obj["metadata"]["name"], self.namespace)
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+
+
 class ControllerLoop:
     """Runs sync() of each controller in a background thread until stopped."""
 

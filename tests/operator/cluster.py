@@ -15,7 +15,7 @@ os.environ.setdefault("TPSERVE_RESTART_BACKOFF_BASE_S", "0.2")
 from kopf.testing import KopfRunner  # noqa: E402
 
 from tests.k8s.apiserver import ApiServerThread  # noqa: E402
-from tests.k8s.controllers import ControllerLoop, SimulatedKubelet, StatefulSetController, raw  # noqa: E402
+from tests.k8s.controllers import ControllerLoop, GarbageCollector, SimulatedKubelet, StatefulSetController, raw  # noqa: E402
 
 NAMESPACE = "default"
 
@@ -81,5 +81,5 @@ def operator() -> Iterator[KopfRunner]:
 def fake_cluster(workdir: Path) -> Iterator[FakeCluster]:
     with ApiServerThread(workdir) as api:
         cluster = FakeCluster(api)
-        with ControllerLoop(cluster.statefulsets, cluster.kubelet):
+        with ControllerLoop(cluster.statefulsets, cluster.kubelet, GarbageCollector(NAMESPACE)):
             yield cluster
