@@ -1,6 +1,6 @@
 """`python -m tpserve_operator`: run the operator.
 
-Environment: WATCH_NAMESPACES (comma-separated; empty = all namespaces), LIVENESS_PORT (8080),
+Environment: TPSERVE_LOG_LEVEL (debug|info|warning|error), WATCH_NAMESPACES (comma-separated; empty = all namespaces), LIVENESS_PORT (8080),
 TPSERVE_RECONCILE_INTERVAL_S, TPSERVE_RESTART_BACKOFF_BASE_S.
 """
 
@@ -14,6 +14,8 @@ from . import handlers  # noqa: F401  (registers the handlers)
 
 
 def main() -> None:
+    level = os.environ.get("TPSERVE_LOG_LEVEL", "info").lower()
+    kopf.configure(debug=level == "debug", verbose=level in ("debug", "info"), quiet=level in ("warning", "error"))
     namespaces = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
     port = int(os.environ.get("LIVENESS_PORT", "8080"))
     kopf.run(
