@@ -15,7 +15,7 @@ from . import handlers  # noqa: F401  (registers the handlers)
 
 def main() -> None:
     level = os.environ.get("TPSERVE_LOG_LEVEL", "info").lower()
-    kopf.configure(debug=level == "debug", verbose=level in ("debug", "info"), quiet=level in ("warning", "error"))
+    kopf.configure(debug=level == "debug", verbose=level == "debug", quiet=level in ("warning", "error"))
     namespaces = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
     port = int(os.environ.get("LIVENESS_PORT", "8080"))
     kopf.run(
