@@ -78,8 +78,14 @@ def operator() -> Iterator[KopfRunner]:
 
 
 @contextmanager
-def fake_cluster(workdir: Path) -> Iterator[FakeCluster]:
+def fake_api(workdir: Path) -> Iterator[ApiServerThread]:
     with ApiServerThread(workdir) as api:
+        yield api
+
+
+@contextmanager
+def fake_cluster(workdir: Path) -> Iterator[FakeCluster]:
+    with fake_api(workdir) as api:
         cluster = FakeCluster(api)
         with ControllerLoop(cluster.statefulsets, cluster.kubelet, GarbageCollector(NAMESPACE)):
             yield cluster

@@ -1,0 +1,167 @@
+"""End to end: a TPInferenceService becomes real tpserve processes that form a group, serve, survive.
+
+The real operator runs against the fake API server; the StatefulSet controller stand-in creates
+pods; the process kubelet runs each pod's container command as written in its own network
+namespace, resolves the headless-service names through per-namespace hosts files, runs the probes
+and writes pod status back. Nothing here reaches beyond loopback and these namespaces.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.k8s.controllers import ControllerLoop, GarbageCollector, raw
+from tests.operator.cluster import NAMESPACE, FakeCluster, fake_api, operator
+from tests.server.server_process import poll_until
+from tpserve import LLM, SamplingParams
+
+from .kubelet import ProcessKubelet
+from .network import Bridge
+
+MOUNT_PATH = "/mnt/tpserve-e2e-model"
+STARTUP_S = 180  # probes as written: the startup probe runs every 10 s
+MESSAGES = [{"role": "user", "content": "Hello, tensor parallelism!"}]
+
+pytestmark = pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip netns) and root")
+
+
+class E2ECluster:
+    def __init__(self, cluster: FakeCluster, kubelet: ProcessKubelet) -> None:
+        self.cluster = cluster
+        self.kubelet = kubelet
+
+    def service_endpoints(self, name: str) -> list[str]:
+        """What the Service `name` routes to: Ready pods matching its selector."""
+        service = raw(self.cluster.core.read_namespaced_service, name, NAMESPACE)
+        selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
+        port = service["spec"]["ports"][0]["port"]
+        endpoints = []
+        for pod in self.cluster.pods(selector):
+            conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
+            if conditions.get("Ready") == "True":
+                endpoints.append(f"http://{pod['status']['podIP']}:{port}")
+        return sorted(endpoints)
+
+    def chat(self, base_url: str, model: str = "tiny") -> str:
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=12, temperature=0,
+                                               extra_body={"ignore_eos": True})
+        return reply.choices[0].message.content or ""
+
+    def log_tail(self) -> str:
+        return "\n".join(r.log_path.read_text(errors="replace")[-1500:] for r in list(self.kubelet.pods.values()))
+
+
+@pytest.fixture()
+def e2e(tmp_path: Path, tiny_checkpoint) -> Iterator[E2ECluster]:
+    with ExitStack() as stack:
+        api = stack.enter_context(fake_api(tmp_path))
+        cluster = FakeCluster(api)
+        bridge = Bridge()
+        stack.callback(bridge.cleanup)
+        kubelet = ProcessKubelet(NAMESPACE, bridge, tmp_path)
+        stack.callback(kubelet.cleanup)
+        stack.enter_context(ControllerLoop(cluster.statefulsets, GarbageCollector(NAMESPACE)))
+        stack.enter_context(ControllerLoop(kubelet, interval_s=0.2))
+        stack.enter_context(operator())
+        yield E2ECluster(cluster, kubelet)
+
+
+def tiny_service(model_dir: Path, name: str = "tiny", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"path": f"{MOUNT_PATH}", "servedName": "tiny", "mountPath": MOUNT_PATH,
+                  "volume": {"hostPath": {"path": str(model_dir), "type": "Directory"}}},
+        "image": "tpserve:e2e",
+        "device": "cpu",
+        "tensorParallelSize": 2,
+        "nodes": 2,
+        "replicas": 1,
+        "engine": {"attention": "torch", "maxPrefillLength": 256},
+        "shmSize": "256Mi",
+    }
+    body.update(spec)
+    return {"apiVersion": "tpserve.io/v1alpha1", "kind": "TPInferenceService",
+            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": body}
+
+
+def wait_ready(e2e: E2ECluster, name: str, groups: int = 1, restarts: int | None = None) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        status = e2e.cluster.status(name)
+        if status.get("readyReplicas") != groups or status.get("phase") != "Ready":
+            return None
+        if restarts is not None and [g["restarts"] for g in status["groups"]] != [restarts] * groups:
+            return None
+        return status
+
+    try:
+        return poll_until(ready, STARTUP_S, interval_s=0.5, what=f"{name} Ready")
+    except TimeoutError:
+        raise AssertionError(f"status: {e2e.cluster.status(name)}\nlogs:\n{e2e.log_tail()}") from None
+
+
+@pytest.fixture(scope="module")
+def offline_answer(tiny_checkpoint) -> str:
+    path = tiny_checkpoint("llama")
+    with LLM(str(path), tp=2) as llm:
+        prompt = llm.tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+        ids = llm.tokenizer.encode(prompt, add_special_tokens=False)
+        return llm.generate([ids], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0].text
+
+
+def test_group_forms_serves_and_survives_a_killed_worker(e2e: E2ECluster, tiny_checkpoint, offline_answer: str) -> None:
+    e2e.cluster.create(tiny_service(tiny_checkpoint("llama")))
+    status = wait_ready(e2e, "tiny")
+    assert e2e.cluster.gate("tiny-leader-0") == "True"
+    [endpoint] = e2e.service_endpoints("tiny")
+    assert e2e.chat(endpoint) == offline_answer
+
+    # kill -9 the worker's server process: the group must fail fast and be recreated whole.
+    leader_ip = e2e.kubelet.runtime("tiny-leader-0").network.ip
+    e2e.kubelet.kill_container("tiny-worker-0-1")
+    poll_until(lambda: (r := _get(f"http://{leader_ip}:30000/health")) is None or r.status_code == 503, 10, what="leader 503")
+    poll_until(lambda: e2e.service_endpoints("tiny") == [], 30, what="leader unready")
+    status = wait_ready(e2e, "tiny", restarts=1)
+    assert status["groups"][0]["restarts"] == 1
+    [endpoint] = e2e.service_endpoints("tiny")
+    assert e2e.chat(endpoint) == offline_answer
+
+
+def test_engine_change_rolls_the_group(e2e: E2ECluster, tiny_checkpoint, offline_answer: str) -> None:
+    e2e.cluster.create(tiny_service(tiny_checkpoint("llama")))
+    wait_ready(e2e, "tiny")
+    old_leader = e2e.kubelet.runtime("tiny-leader-0").uid
+    e2e.cluster.patch_spec("tiny", {"engine": {"maxPrefillLength": 64}})
+    poll_until(lambda: e2e.kubelet.runtime("tiny-leader-0").uid != old_leader, 60, interval_s=0.5, what="leader replaced")
+    wait_ready(e2e, "tiny")
+    for pod in ("tiny-leader-0", "tiny-worker-0-1"):
+        argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]
+        assert argv[argv.index("--max-prefill-length") + 1] == "64"
+    [endpoint] = e2e.service_endpoints("tiny")
+    assert e2e.chat(endpoint) == offline_answer
+
+
+def test_two_replicas_are_two_independent_groups(e2e: E2ECluster, tiny_checkpoint, offline_answer: str) -> None:
+    e2e.cluster.create(tiny_service(tiny_checkpoint("llama"), replicas=2))
+    status = wait_ready(e2e, "tiny", groups=2)
+    assert [g["leaderPod"] for g in status["groups"]] == ["tiny-leader-0", "tiny-leader-1"]
+    endpoints = e2e.service_endpoints("tiny")
+    assert len(endpoints) == 2
+    assert [e2e.chat(url) for url in endpoints] == [offline_answer, offline_answer]
+    # Each group has its own rendezvous: the worker of group 1 talks to leader 1.
+    worker_args = e2e.kubelet.runtime("tiny-worker-1-1").process.args  # type: ignore[union-attr]
+    assert worker_args[worker_args.index("--dist-init-addr") + 1] == "tiny-leader-1.tiny-headless:29500"
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
