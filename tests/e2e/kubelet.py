@@ -285,11 +285,15 @@ class ProcessKubelet:
                 raise
 
     # -- test helpers ----------------------------------------------------------------------------
-    def runtime(self, pod_name: str) -> PodRuntime:
+    def find(self, pod_name: str) -> PodRuntime | None:
         with self._lock:
             matches = [r for r in self.pods.values() if r.name == pod_name]
-            assert matches, f"pod {pod_name} is not running here"
-            return matches[-1]
+            return matches[-1] if matches else None
+
+    def runtime(self, pod_name: str) -> PodRuntime:
+        found = self.find(pod_name)
+        assert found is not None, f"pod {pod_name} is not running here"
+        return found
 
     def kill_container(self, pod_name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """kill -9 the pod's server process (as if it crashed)."""

@@ -139,7 +139,7 @@ def test_engine_change_rolls_the_group(e2e: E2ECluster, tiny_checkpoint, offline
     wait_ready(e2e, "tiny")
     old_leader = e2e.kubelet.runtime("tiny-leader-0").uid
     e2e.cluster.patch_spec("tiny", {"engine": {"maxPrefillLength": 64}})
-    poll_until(lambda: e2e.kubelet.runtime("tiny-leader-0").uid != old_leader, 60, interval_s=0.5, what="leader replaced")
+    poll_until(lambda: (r := e2e.kubelet.find("tiny-leader-0")) is not None and r.uid != old_leader, 60, interval_s=0.5, what="leader replaced")
     wait_ready(e2e, "tiny")
     for pod in ("tiny-leader-0", "tiny-worker-0-1"):
         argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]
