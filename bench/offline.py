@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -56,12 +57,15 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
         load_format=args.load_format,
         max_prefill_length=args.max_prefill_length,
         page_size=args.page_size,
+        attention_backend=args.attn,
+        context_length=args.context_length,
     )
     with LLM(model_path, **engine_flags) as llm:
         vocab = llm.model_config.vocab_size
         workload = make_workload(args.num_requests, args.min_len, args.max_len, vocab, args.seed)
         max_len = llm.engine_info.max_model_len
         workload = [(p[: max_len - 1 - n] if len(p) + n >= max_len else p, n) for p, n in workload]
+        workload = [(p, n) for p, n in workload if p]
         llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
         started = time.perf_counter()
         outputs = llm.generate(
@@ -93,9 +97,12 @@ def print_table(results: list[OfflineResult]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF model dir (config.json only is enough with --load-format dummy); default: tiny built-in model")
+    parser.add_argument("--shape", type=Path, help="a config.json of a model shape (bench/shapes/); implies --load-format dummy")
+    parser.add_argument("--attn", default="torch", help="attention backend (fi on GPU)")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--context-length", type=int, help="cap on tokens per request (default: the model's)")
     parser.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     parser.add_argument("--num-requests", type=int, default=16)
     parser.add_argument("--min-len", type=int, default=8)
@@ -110,7 +117,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        model_path = args.model or str(build_tiny_checkpoint(Path(scratch) / "tiny"))
+        if args.shape:
+            (Path(scratch) / "shape").mkdir()
+            shutil.copy(args.shape, Path(scratch) / "shape" / "config.json")
+            args.load_format = "dummy"
+            model_path = str(Path(scratch) / "shape")
+        else:
+            model_path = args.model or str(build_tiny_checkpoint(Path(scratch) / "tiny"))
         results = [run_tpserve(args, model_path)]
     print_table(results)
     if args.json:

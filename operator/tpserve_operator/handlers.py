@@ -1,7 +1,7 @@
 """kopf handlers: they only fetch, diff, apply and report; decisions live in pure modules.
 
 Reconciliation is level-triggered: on create/update/resume, on every event of a managed pod,
-and on a short timer, the same `reconcile` runs under a per-resource lock.
+and on a short operator-wide resync period, the same `reconcile` runs under a per-resource lock.
 """
 
 from __future__ import annotations
@@ -63,14 +63,19 @@ async def _reconcile(body: Any) -> None:
     if key in _queued:
         return  # a reconcile that has not read the cluster yet is already waiting: it will see this change
     _queued.add(key)
-    async with _locks[key]:
+    try:
+        await _locks[key].acquire()
+    finally:
         _queued.discard(key)
+    try:
         # Decide from the freshest copy: the body kopf hands over may predate our last status write,
         # and a decision from stale status would forget restarts it already counted.
         fresh = await kube().read_service(namespace, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
         await reconcile(kube(), fresh, _event_sink(fresh), SETTINGS)
+    finally:
+        _locks[key].release()
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
@@ -80,9 +85,37 @@ async def on_spec(body: kopf.Body, **_: Any) -> None:
     await _reconcile(body)
 
 
-@kopf.timer(API_GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_S, idle=None)
-async def periodically(body: kopf.Body, **_: Any) -> None:
-    await _reconcile(body)
+async def _resync_forever(namespaces: list[str]) -> None:
+    """Re-judge every service on a short period: backoffs expire and missed events heal.
+
+    One operator-wide loop rather than a kopf timer per resource: kopf guards per-resource
+    timers with a finalizer, and a finalizer would make deletion depend on the operator.
+    """
+    while True:
+        await asyncio.sleep(RECONCILE_INTERVAL_S)
+        try:
+            services = await kube().list_services(namespaces)
+        except Exception:  # the API is unreachable for now: try again next period
+            logging.getLogger(__name__).warning("listing TPInferenceServices failed", exc_info=True)
+            continue
+        for service in services:
+            try:
+                await _reconcile(service)
+            except Exception:  # one broken resource must not stop the others
+                logging.getLogger(__name__).exception("reconciling %s failed", service["metadata"]["name"])
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    namespaces = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
+    memo["resync"] = asyncio.create_task(_resync_forever(namespaces))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "tpserve-operator"})

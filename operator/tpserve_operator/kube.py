@@ -19,6 +19,7 @@ from .objects import API_GROUP, PLURAL
 
 Obj = dict[str, Any]
 APPLIED_HASH = "tpserve.io/applied-hash"
+REQUEST_TIMEOUT_S = 30
 
 
 class Kube:
@@ -35,7 +36,8 @@ class Kube:
     @staticmethod
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
         def run() -> Obj | None:
-            response = fn(*args, _preload_content=False, **kwargs)
+            # A bounded wait: a hung API call must fail and be retried, not stall reconciliation.
+            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
             data = response.data
             return json.loads(data) if data else None
 
@@ -83,6 +85,17 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def list_services(self, namespaces: list[str]) -> list[Obj]:
+        """Every TPInferenceService in the watched namespaces (all namespaces when none are given)."""
+        if not namespaces:
+            result = await self._call(self.custom.list_cluster_custom_object, API_GROUP, "v1alpha1", PLURAL)
+            return list((result or {}).get("items", []))
+        items: list[Obj] = []
+        for namespace in namespaces:
+            result = await self._call(self.custom.list_namespaced_custom_object, API_GROUP, "v1alpha1", namespace, PLURAL)
+            items += (result or {}).get("items", [])
+        return items
 
     # -- writes ----------------------------------------------------------------------------------
     async def delete_pod(self, namespace: str, name: str) -> None:

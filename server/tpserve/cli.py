@@ -8,6 +8,7 @@ before any process or collective starts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ class ServerArgs:
 
 def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
     device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    attention = ns.attn or ("fi" if device == "cuda" else "torch")
+    attention = ns.attn or ("fi" if device == "cuda" and importlib.util.find_spec("flashinfer") else "torch")
     return EngineConfig(
         model_path=ns.model,
         tp=ns.tp,

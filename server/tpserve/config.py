@@ -250,6 +250,9 @@ class EngineConfig:
                     f"--tp {self.tp} over --nnodes {self.nnodes} needs {self.ranks_per_node} GPUs "
                     f"on this node, but {visible} are visible"
                 )
+        from .attention import check_backend
+
+        check_backend(self.attention_backend, self.device)
         model = ModelConfig.from_dir(self.model_path)
         ShardLayout.for_model(model, self.tp)
         resolve_dtype(self.dtype, model, self.device)

@@ -32,6 +32,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--tp", "2", "--device", "cuda"], "needs 2 GPUs on this node, but 0 are visible"),
         (["--tp", "0"], "must be >= 1"),
         (["--dist-init-addr", "nohost"], "expected HOST:PORT"),
+        (["--attn", "fi"], "--attn fi needs --device cuda"),
+        (["--attn", "flash"], "unknown attention backend 'flash'"),
     ],
 )
 def test_bad_flag_combinations_exit_at_once_with_one_line(tiny_checkpoint, extra: list[str], message: str) -> None:

@@ -93,3 +93,13 @@ def test_dummy_weights_generate_without_files(tmp_path: Path, tiny_checkpoint) -
         out = llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))[0]
     assert len(out.token_ids) == 5
     assert all(0 <= t < llm.model_config.vocab_size for t in out.token_ids)
+
+
+def test_prefill_decode_backend_pair_matches_transformers(tiny_checkpoint) -> None:
+    from .reference import hf_greedy
+
+    path = tiny_checkpoint("qwen2")
+    prompt = list(range(40, 75))
+    with LLM(str(path), tp=1, attention_backend="torch,torch", max_prefill_length=8) as llm:
+        out = llm.generate([prompt], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))[0]
+    assert out.token_ids == hf_greedy(path, prompt, 10)

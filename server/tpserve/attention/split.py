@@ -1,0 +1,23 @@
+"""`--attn prefill,decode`: one backend for steps with prefill chunks, another for decode-only steps."""
+
+from __future__ import annotations
+
+import torch
+
+from ..batch import ForwardBatch
+from .base import AttentionBackend
+
+
+class PrefillDecodeSplit(AttentionBackend):
+    def __init__(self, prefill: AttentionBackend, decode: AttentionBackend) -> None:
+        super().__init__(prefill.cache, prefill.shape)
+        self.prefill = prefill
+        self.decode = decode
+        self._active = decode
+
+    def plan(self, batch: ForwardBatch) -> None:
+        self._active = self.decode if batch.is_decode_only else self.prefill
+        self._active.plan(batch)
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._active.forward(layer, q, k, v)
