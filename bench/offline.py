@@ -83,6 +83,45 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
     )
 
 
+def run_transformers(args: argparse.Namespace, model_path: str, count: int) -> OfflineResult:
+    """transformers' `generate` on the first `count` requests of the same workload, one padded batch.
+
+    Useful tokens are what each request asked for; the padding tokens a batch generates beyond a
+    request's own length are not counted.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    device = "cuda" if args.device == "cuda" else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    config = AutoConfig.from_pretrained(model_path)
+    if args.load_format == "dummy":
+        with torch.device(device):  # random init where it runs: an 8B model initialises slowly on CPU
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model = model.to(device).eval()
+    workload = make_workload(args.num_requests, args.min_len, args.max_len, config.vocab_size, args.seed)[:count]
+    longest = max(len(p) for p, _ in workload)
+    input_ids = torch.zeros(len(workload), longest, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, (prompt, _) in enumerate(workload):  # left padding, as generate expects
+        input_ids[row, longest - len(prompt):] = torch.tensor(prompt)
+        mask[row, longest - len(prompt):] = 1
+    new_tokens = max(n for _, n in workload)
+    with torch.no_grad():
+        model.generate(input_ids[:, :8].to(device), attention_mask=mask[:, :8].to(device), max_new_tokens=2, do_sample=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.generate(input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    return OfflineResult("transformers", 1, len(workload), sum(len(p) for p, _ in workload), sum(n for _, n in workload), seconds)
+
+
 def print_table(results: list[OfflineResult]) -> None:
     header = f"{'engine':<14}{'tp':>4}{'requests':>10}{'input tok':>12}{'output tok':>12}{'seconds':>10}{'out tok/s':>12}{'total tok/s':>13}"
     print(header)
@@ -110,6 +149,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-prefill-length", type=int, default=8192)
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transformers", type=int, default=0, metavar="N",
+                        help="also run transformers' generate on the first N requests (one padded batch)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     return parser.parse_args()
 
@@ -125,6 +166,8 @@ def main() -> None:
         else:
             model_path = args.model or str(build_tiny_checkpoint(Path(scratch) / "tiny"))
         results = [run_tpserve(args, model_path)]
+        if args.transformers:
+            results.append(run_transformers(args, model_path, args.transformers))
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"output_tokens_per_s": r.output_tokens_per_s} for r in results], indent=2))
