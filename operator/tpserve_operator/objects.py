@@ -139,8 +139,9 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
         "ports": ports,
         "resources": resources,
         "volumeMounts": mounts,
-        # Loading a large model can take many minutes: the startup probe allows an hour.
-        "startupProbe": _probe(spec, period=10, failures=360),
+        # Loading a large model can take many minutes: the startup probe allows an hour, polled
+        # every 5 s so a group is routed to soon after it is ready.
+        "startupProbe": _probe(spec, period=5, failures=720),
         "readinessProbe": _probe(spec, period=5, failures=1),
         "livenessProbe": _probe(spec, period=10, failures=3),
     }
