@@ -39,6 +39,16 @@ class ForwardBatch:
             out.extend(range(ctx - q, ctx))
         return out
 
+    def kv_write_slots(self, page_size: int) -> tuple[list[int], list[int]]:
+        """(page id, offset in page) where each of this step's tokens stores its K/V."""
+        pages: list[int] = []
+        offsets: list[int] = []
+        for q, ctx, table in zip(self.query_lens, self.context_lens, self.page_tables):
+            for pos in range(ctx - q, ctx):
+                pages.append(table[pos // page_size])
+                offsets.append(pos % page_size)
+        return pages, offsets
+
     def sample_token_indices(self) -> list[int]:
         """Index, in the flattened token axis, of the last token of each sampling sequence."""
         indices, end = [], 0

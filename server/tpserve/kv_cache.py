@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .batch import ForwardBatch
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,20 @@ class PagedKVCache:
             torch.zeros(shape.num_pages, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
+
+    def slots_for(self, batch: "ForwardBatch") -> tuple[torch.Tensor, torch.Tensor]:
+        """Device index tensors of the step's K/V slots: built once per step, used by every layer."""
+        pages, offsets = batch.kv_write_slots(self.shape.page_size)
+        device = self.layers[0].device
+        return (
+            torch.tensor(pages, dtype=torch.int64).to(device, non_blocking=True),
+            torch.tensor(offsets, dtype=torch.int64).to(device, non_blocking=True),
+        )
+
+    def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
+        pages, offsets = slots
+        self.layers[layer][pages, 0, offsets] = k
+        self.layers[layer][pages, 1, offsets] = v
 
 
 class OutOfPages(RuntimeError):

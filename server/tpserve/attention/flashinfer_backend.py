@@ -43,13 +43,7 @@ class FlashInferPagedAttention(AttentionBackend):
         kv_indptr = torch.tensor(indptr, dtype=torch.int32)
         kv_indices = torch.tensor(indices, dtype=torch.int32).to(self.device, non_blocking=True)
         kv_last = torch.tensor(last_page_len, dtype=torch.int32)
-        write_pages, write_offsets = [], []
-        for q, ctx, table in zip(batch.query_lens, batch.context_lens, batch.page_tables):
-            for pos in range(ctx - q, ctx):
-                write_pages.append(table[pos // page_size])
-                write_offsets.append(pos % page_size)
-        self._write_pages = torch.tensor(write_pages, dtype=torch.int64).to(self.device, non_blocking=True)
-        self._write_offsets = torch.tensor(write_offsets, dtype=torch.int64).to(self.device, non_blocking=True)
+        self._slots = self.cache.slots_for(batch)
         common = dict(
             num_qo_heads=self.shape.num_heads,
             num_kv_heads=self.shape.num_kv_heads,
@@ -71,9 +65,8 @@ class FlashInferPagedAttention(AttentionBackend):
             )
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.cache.write(layer, self._slots, k, v)
         cache = self.cache.layers[layer]
-        cache[self._write_pages, 0, self._write_offsets] = k
-        cache[self._write_pages, 1, self._write_offsets] = v
         wrapper = self.decode if self._decode_only else self.prefill
         out = wrapper.run(q.contiguous(), cache)
         return out.reshape(q.shape[0], -1)

@@ -24,8 +24,7 @@ class TorchPagedAttention(AttentionBackend):
     def plan(self, batch: ForwardBatch) -> None:
         device = self.cache.layers[0].device
         page_size = self.cache.shape.page_size
-        write_pages: list[int] = []
-        write_offsets: list[int] = []
+        self._slots = self.cache.slots_for(batch)
         self._seqs: list[_SeqView] = []
         start = 0
         for query_len, context_len, pages in zip(batch.query_lens, batch.context_lens, batch.page_tables):
@@ -33,21 +32,16 @@ class TorchPagedAttention(AttentionBackend):
             page_ids = torch.tensor(pages, dtype=torch.int64)[positions // page_size]
             offsets = positions % page_size
             first_new = context_len - query_len
-            write_pages.extend(page_ids[first_new:].tolist())
-            write_offsets.extend(offsets[first_new:].tolist())
             mask = None
             if query_len > 1:
                 query_positions = torch.arange(first_new, context_len).unsqueeze(1)
                 mask = (positions.unsqueeze(0) <= query_positions).to(device)
             self._seqs.append(_SeqView(start, query_len, page_ids.to(device), offsets.to(device), mask))
             start += query_len
-        self._write_pages = torch.tensor(write_pages, dtype=torch.int64, device=device)
-        self._write_offsets = torch.tensor(write_offsets, dtype=torch.int64, device=device)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.cache.write(layer, self._slots, k, v)
         cache = self.cache.layers[layer]
-        cache[self._write_pages, 0, self._write_offsets] = k
-        cache[self._write_pages, 1, self._write_offsets] = v
         group = self.shape.num_heads // self.shape.num_kv_heads
         out = torch.empty_like(q)
         for seq in self._seqs:
