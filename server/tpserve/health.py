@@ -38,7 +38,9 @@ class GroupMonitor:
         self.warmed_up = False  # node 0: a warm-up generation ran across all ranks
         self.needs_engine = ranks.config.node_rank == 0
         self._failed: str | None = None
-        self._seen_ready: set[int] = set()
+        # The watch loop is the only caller of check(); /health serves its latest result, so the
+        # store client and the heartbeat table are never used from two threads at once.
+        self.latest = HealthReport(ready=False, failed=None, missing=["first health check"])
 
     def fail(self, reason: str) -> None:
         self._failed = self._failed or reason
@@ -67,15 +69,14 @@ class GroupMonitor:
             missing.append("engine: waiting for all ranks")
         elif self.needs_engine and not self.warmed_up:
             missing.append("warm-up generation")
-        return HealthReport(ready=not missing and self._failed is None, failed=self._failed, missing=missing, ranks=statuses)
+        self.latest = HealthReport(ready=not missing and self._failed is None, failed=self._failed, missing=missing, ranks=statuses)
+        return self.latest
 
     def _judge(self, statuses: list[RankStatus]) -> list[str]:
         missing = []
         for status in statuses:
             if status.phase == Phase.FAILED.value:
                 self.fail(f"rank {status.rank} failed: {status.message}")
-            if status.phase == Phase.READY.value:
-                self._seen_ready.add(status.rank)
             if not status.alive and status.phase != "missing":
                 self.fail(f"rank {status.rank} stopped heartbeating")
             if status.rank in self.watched and status.phase != Phase.READY.value:
@@ -84,4 +85,7 @@ class GroupMonitor:
 
     @property
     def ranks_ready(self) -> int:
-        return len(self._seen_ready) if self._failed is None else 0
+        """Ranks that are ready and heartbeating, as of the latest check."""
+        if self._failed is not None:
+            return 0
+        return sum(r.phase == Phase.READY.value and r.alive for r in self.latest.ranks)

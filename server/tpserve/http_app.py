@@ -95,8 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def _health_endpoints(app: FastAPI, monitor: GroupMonitor, metrics: ServerMetrics, refresh: Callable[[], None]) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
-        report = await asyncio.to_thread(monitor.check)
-        metrics.ranks_ready.set(monitor.ranks_ready)
+        report = monitor.latest  # refreshed every MONITOR_INTERVAL_S by the node's watch loop
         return JSONResponse(report.body(), 200 if report.ready else 503)
 
     @app.get("/metrics")

@@ -30,7 +30,7 @@ from .serving import OpenAIServing
 
 log = logging.getLogger("tpserve.server")
 
-MONITOR_INTERVAL_S = 0.5
+MONITOR_INTERVAL_S = 0.5  # also how stale /health may be
 FAILURE_GRACE_S = 2.0  # keep answering 503 briefly so probes and clients see why
 
 

@@ -72,8 +72,12 @@ def test_two_nodes_form_one_group_and_fail_together(tiny_checkpoint, tmp_path: P
         # Node 0 alone: 503, and the body names the missing rank.
         first = poll_until(node0.health, 60, what="node 0 answering")
         assert first.status_code == 503
-        body = poll_until(lambda: (r := node0.health()) is not None and r.json(), 60)
-        assert any(m.startswith("rank 1") for m in body["missing"]), body
+        def naming_rank1() -> bool:
+            response = node0.health()
+            return response is not None and response.status_code == 503 and any(
+                m.startswith("rank 1") for m in response.json()["missing"])
+
+        poll_until(naming_rank1, 60, what="503 naming rank 1")
 
         node1 = ServerProcess([*common, "--node-rank", "1"], tmp_path / "node1.log")
         node0.wait_healthy(120)
