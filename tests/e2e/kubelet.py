@@ -24,9 +24,8 @@ from typing import Any
 
 import httpx
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
-from tests.k8s.controllers import raw
+from tests.k8s.controllers import raw, tolerate
 
 from .network import Bridge, PodNetwork
 
@@ -277,12 +276,8 @@ class ProcessKubelet:
                 "started": runtime.started, "image": runtime.container["image"], "imageID": "", "state": state,
             }],
         }
-        try:
-            self.core.patch_namespaced_pod_status(runtime.name, self.namespace, {"status": status})
-            runtime.status_written = wanted
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        tolerate(404, self.core.patch_namespaced_pod_status, runtime.name, self.namespace, {"status": status})
+        runtime.status_written = wanted
 
     # -- test helpers ----------------------------------------------------------------------------
     def find(self, pod_name: str) -> PodRuntime | None:

@@ -24,6 +24,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def tolerate(status: int, call: Callable[..., Any], *args: Any) -> None:
+    """Make the call; an ApiException with `status` (404 gone, 409 exists) is an expected race."""
+    try:
+        call(*args)
+    except ApiException as exc:
+        if exc.status != status:
+            raise
+
+
 def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     import json
 
@@ -76,18 +85,10 @@ class StatefulSetController:
             "spec": {**template["spec"], "hostname": pod_name, "subdomain": sts["spec"]["serviceName"]},
             "status": {"phase": "Pending"},
         }
-        try:
-            self.core.create_namespaced_pod(self.namespace, pod)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        tolerate(409, self.core.create_namespaced_pod, self.namespace, pod)
 
     def _delete(self, pod_name: str) -> None:
-        try:
-            self.core.delete_namespaced_pod(pod_name, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        tolerate(404, self.core.delete_namespaced_pod, pod_name, self.namespace)
 
 
 class SimulatedKubelet:
@@ -132,11 +133,7 @@ class SimulatedKubelet:
                 "containerStatuses": [{"name": "server", "ready": ready, "restartCount": restarts, "image": "x", "imageID": "", "started": True}],
             }
         }
-        try:
-            self.core.patch_namespaced_pod_status(name, self.namespace, patch)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        tolerate(404, self.core.patch_namespaced_pod_status, name, self.namespace, patch)
 
 
 class GarbageCollector:
@@ -163,11 +160,7 @@ class GarbageCollector:
             for obj in objects:
                 owners = obj["metadata"].get("ownerReferences") or []
                 if owners and not any(o.get("uid") in alive for o in owners):
-                    try:
-                        delete(obj["metadata"]["name"], self.namespace)
-                    except ApiException as exc:
-                        if exc.status != 404:
-                            raise
+                    tolerate(404, delete, obj["metadata"]["name"], self.namespace)
 
 
 class ControllerLoop:
