@@ -152,12 +152,10 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
         attention_backend=attention,
         dist_timeout=ns.dist_timeout,
         seed=ns.seed,
-        extra={
-            "cuda_graph_max_bs": ns.cuda_graph_max_bs,
-            "disable_cuda_graph": ns.disable_cuda_graph,
-            "disable_custom_all_reduce": ns.disable_custom_all_reduce,
-            "enable_p2p_check": ns.enable_p2p_check,
-        },
+        cuda_graph_max_bs=ns.cuda_graph_max_bs,
+        disable_cuda_graph=ns.disable_cuda_graph,
+        disable_custom_all_reduce=ns.disable_custom_all_reduce,
+        enable_p2p_check=ns.enable_p2p_check,
     )
 
 

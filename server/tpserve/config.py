@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,14 @@ class EngineConfig:
     attention_backend: str = "torch"
     dist_timeout: float = 300.0
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    cuda_graph_max_bs: int = 256
+    disable_cuda_graph: bool = False
+    disable_custom_all_reduce: bool = False
+    enable_p2p_check: bool = False
+
+    @property
+    def use_cuda_graph(self) -> bool:
+        return self.device == "cuda" and not self.disable_cuda_graph
 
     @property
     def ranks_per_node(self) -> int:
@@ -258,6 +265,8 @@ class EngineConfig:
         resolve_dtype(self.dtype, model, self.device)
         if self.load_format != "dummy" and not any(Path(self.model_path).glob("*.safetensors")):
             raise ConfigError(f"--model {self.model_path}: no *.safetensors weights in the directory")
+        if self.cuda_graph_max_bs < 1:
+            raise ConfigError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.context_length is not None and self.context_length < 2:
             raise ConfigError(f"--context-length must be >= 2, got {self.context_length}")
         return model

@@ -22,14 +22,20 @@ class TPGroup:
     world_size: int
     device: torch.device
     control: Any = None  # gloo ProcessGroup for pickled control messages
+    # Optional fast path for small messages (see all_reduce.py); NCCL/gloo handles the rest.
+    small_all_reduce: Any = None
 
     @property
     def is_leader(self) -> bool:
         return self.rank == 0
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(tensor)
+        """Sum over ranks. May return a new tensor: always use the result."""
+        if self.world_size == 1:
+            return tensor
+        if self.small_all_reduce is not None and self.small_all_reduce.accepts(tensor):
+            return self.small_all_reduce(tensor)
+        dist.all_reduce(tensor)
         return tensor
 
     def gather_last_dim(self, tensor: torch.Tensor) -> torch.Tensor:

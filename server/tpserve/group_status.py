@@ -26,6 +26,7 @@ class Phase(str, Enum):
     RENDEZVOUS = "rendezvous"
     LOADING_WEIGHTS = "loading_weights"
     ALLOCATING_KV_CACHE = "allocating_kv_cache"
+    CAPTURING_CUDA_GRAPHS = "capturing_cuda_graphs"
     WAITING_FOR_GROUP = "waiting_for_group"
     READY = "ready"
     FAILED = "failed"

@@ -32,12 +32,16 @@ class PagedKVCache:
     """Per layer one tensor [num_pages, 2 (k, v), page_size, kv_heads, head_dim].
 
     This is flashinfer's NHD paged layout, so the GPU backend can use the storage as it is.
+    One page more than `shape.num_pages` is allocated: the padding page, which rows that only
+    pad a batch up to a captured CUDA-graph size write to and read from. The scheduler never
+    hands it out, so padding cannot touch a real sequence's cache.
     """
 
     def __init__(self, shape: KVCacheShape, dtype: torch.dtype, device: torch.device) -> None:
         self.shape = shape
+        self.padding_page = shape.num_pages
         self.layers = [
-            torch.zeros(shape.num_pages, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            torch.zeros(shape.num_pages + 1, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
 

@@ -10,9 +10,11 @@ from typing import Callable
 
 import torch
 
+from .all_reduce import CustomAllReduceRequest, try_one_shot
 from .attention import AttentionLayerShape, create_backend
 from .batch import DeviceBatch, ForwardBatch
 from .config import ConfigError, EngineConfig, ModelConfig, ShardLayout, resolve_dtype
+from .cuda_graph import CudaGraphCapture, DecodeGraphs, pad_decode_batch
 from .distributed import TPGroup
 from .group_status import Phase
 from .kv_cache import KVCacheShape, PagedKVCache
@@ -22,6 +24,8 @@ from .weights import LoadProgress, fill_dummy, load_safetensors
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING = 256
+GRAPH_MEMORY_HEADROOM = 1.25
+GRAPH_MEMORY_FIXED_BYTES = 64 * 2**20
 
 
 class ModelRunner:
@@ -41,6 +45,18 @@ class ModelRunner:
 
         started = time.monotonic()
         report_phase(Phase.LOADING_WEIGHTS)
+        group.small_all_reduce = try_one_shot(
+            CustomAllReduceRequest(
+                device_kind=group.device.type,
+                world_size=group.world_size,
+                nnodes=config.nnodes,
+                dtype=self.dtype,
+                disabled=config.disable_custom_all_reduce,
+                p2p_check=config.enable_p2p_check,
+            ),
+            group.device,
+            config.ranks_per_node,
+        )
         torch.manual_seed(config.seed)
         self.model = DecoderModel(model_config, group, self.max_model_len, self.dtype, group.device)
         specs = self.model.weight_specs()
@@ -53,17 +69,11 @@ class ModelRunner:
         started = time.monotonic()
         report_phase(Phase.ALLOCATING_KV_CACHE)
         layout = ShardLayout.for_model(model_config, group.world_size)
-        cache_shape = KVCacheShape(
-            num_layers=model_config.num_layers,
-            num_pages=self._agreed_num_pages(layout),
-            page_size=config.page_size,
-            num_kv_heads=layout.num_kv_heads_per_rank,
-            head_dim=model_config.head_dim,
-        )
-        self.kv_cache = PagedKVCache(cache_shape, self.dtype, group.device)
+        # The backend (and its workspace) is built over a one-page probe cache first so that
+        # everything resident besides the KV cache is counted before the cache is sized.
         self.attention = create_backend(
             config.attention_backend,
-            self.kv_cache,
+            PagedKVCache(self._cache_shape(layout, num_pages=1), self.dtype, group.device),
             AttentionLayerShape(
                 num_heads=layout.num_heads_per_rank,
                 num_kv_heads=layout.num_kv_heads_per_rank,
@@ -71,6 +81,12 @@ class ModelRunner:
                 scale=model_config.head_dim**-0.5,
             ),
         )
+        use_graphs = config.use_cuda_graph and self._graphs_supported()
+        graph_max_bs = min(config.cuda_graph_max_bs, self.max_running)
+        graph_reserve = self._decode_activation_bytes(graph_max_bs) if use_graphs else 0
+        cache_shape = self._cache_shape(layout, num_pages=self._agreed_num_pages(layout, graph_reserve))
+        self.attention.bind(PagedKVCache(cache_shape, self.dtype, group.device))  # frees the probe
+        self.kv_cache = self.attention.cache
         log.info(
             "rank %d: KV cache %d pages x %d tokens allocated in %.2fs",
             group.rank,
@@ -78,16 +94,73 @@ class ModelRunner:
             cache_shape.page_size,
             time.monotonic() - started,
         )
+        self.graphs: DecodeGraphs | None = None
+        if use_graphs:
+            report_phase(Phase.CAPTURING_CUDA_GRAPHS)
+            self.graphs = self._capture_graphs(graph_max_bs, graph_reserve)
+
+    def _cache_shape(self, layout: ShardLayout, num_pages: int) -> KVCacheShape:
+        return KVCacheShape(
+            num_layers=self.model_config.num_layers,
+            num_pages=num_pages,
+            page_size=self.config.page_size,
+            num_kv_heads=layout.num_kv_heads_per_rank,
+            head_dim=self.model_config.head_dim,
+        )
+
+    def _graphs_supported(self) -> bool:
+        if self.attention.supports_cuda_graph:
+            return True
+        log.warning("rank %d: --attn %s cannot be captured: decode runs without CUDA graphs",
+                    self.group.rank, self.config.attention_backend)
+        return False
+
+    def _decode_activation_bytes(self, batch_size: int) -> int:
+        """Peak memory of one eager decode step of `batch_size` rows: what the graph pool will hold."""
+        device = self.group.device
+        probe = self.attention.cache
+        batch = pad_decode_batch(
+            ForwardBatch(token_ids=[], query_lens=[], context_lens=[], page_tables=[], sample=[]),
+            batch_size,
+            probe.padding_page,
+        )
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        self._forward_eager(batch)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - baseline
+        # Headroom for the graphs' own bookkeeping and allocator rounding across sizes.
+        return int(peak * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
+
+    def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
+        device = self.group.device
+        started = time.monotonic()
+        free_before, _ = torch.cuda.mem_get_info(device)
+        try:
+            graphs = DecodeGraphs(self.model, self.attention, self.kv_cache, device, max_bs, CudaGraphCapture(device))
+        except torch.OutOfMemoryError as exc:
+            raise ConfigError(
+                f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "
+                "--mem-fraction-static or --cuda-graph-max-bs, or pass --disable-cuda-graph"
+            ) from exc
+        free_after, _ = torch.cuda.mem_get_info(device)
+        log.info(
+            "rank %d: captured %d decode CUDA graphs (batch 1..%d) in %.2fs using %.0f MiB (reserved %.0f MiB)",
+            self.group.rank, len(graphs.sizes), max_bs, time.monotonic() - started,
+            (free_before - free_after) / 2**20, reserved / 2**20,
+        )
+        return graphs
 
     @property
     def num_pages(self) -> int:
         return self.kv_cache.shape.num_pages
 
-    def _agreed_num_pages(self, layout: ShardLayout) -> int:
+    def _agreed_num_pages(self, layout: ShardLayout, reserved_bytes: int) -> int:
         """Pages that fit the memory budget on every rank (all ranks must agree on one count)."""
-        probe = KVCacheShape(self.model_config.num_layers, 1, self.config.page_size, layout.num_kv_heads_per_rank, self.model_config.head_dim)
-        per_page = probe.bytes_per_page(self.dtype)
-        budget = self._kv_budget_bytes()
+        per_page = self._cache_shape(layout, num_pages=1).bytes_per_page(self.dtype)
+        # The probe cache is still resident; it is freed when the real one replaces it.
+        budget = self._kv_budget_bytes() - reserved_bytes + self.attention.cache.shape.num_pages * per_page
         pages = max(0, budget // per_page)
         # Never more than every running request at full context could use.
         useful_tokens = self.max_model_len * self.max_running
@@ -113,6 +186,11 @@ class ModelRunner:
 
     def forward(self, plan: ForwardBatch) -> torch.Tensor:
         """Run one step on this rank's shard; returns full-vocabulary logits of the sampled rows."""
+        if self.graphs is not None and self.graphs.can_run(plan):
+            return self.graphs.run(plan)
+        return self._forward_eager(plan)
+
+    def _forward_eager(self, plan: ForwardBatch) -> torch.Tensor:
         batch = DeviceBatch.build(plan, self.group.device)
         self.attention.plan(plan)
         return self.model(batch.token_ids, batch.positions, batch.sample_indices, self.attention)

@@ -20,13 +20,31 @@ class AttentionLayerShape:
 
 
 class AttentionBackend(ABC):
+    # Whether a decode step can be captured in a CUDA graph and replayed after
+    # `plan_graph_decode`: every device tensor the step reads must stay at one address.
+    supports_cuda_graph = False
+
     def __init__(self, cache: PagedKVCache, shape: AttentionLayerShape) -> None:
         self.cache = cache
         self.shape = shape
 
+    def bind(self, cache: PagedKVCache) -> None:
+        """Use `cache` from now on (the real cache replaces the probe used to size it)."""
+        self.cache = cache
+
     @abstractmethod
     def plan(self, batch: ForwardBatch) -> None:
         """Prepare per-step metadata (index tensors, kernel plans) shared by all layers."""
+
+    def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Plan a decode-only step of a captured batch size whose K/V slots live in `slots`.
+
+        `slots` are the graph's static (page, offset) tensors, already filled for `batch`.
+        The default plans as usual and then reads the static slots; backends that can be
+        captured keep their own metadata in static buffers as well.
+        """
+        self.plan(batch)
+        self._slots = slots
 
     @abstractmethod
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -19,19 +19,29 @@ WORKSPACE_BYTES = 256 * 1024 * 1024
 
 
 class FlashInferPagedAttention(AttentionBackend):
+    supports_cuda_graph = True
+
     def __init__(self, cache: PagedKVCache, shape: AttentionLayerShape) -> None:
         super().__init__(cache, shape)
         device = cache.layers[0].device
         self.dtype = cache.layers[0].dtype
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-        self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_tensor_cores=shape.num_heads // shape.num_kv_heads >= 4
-        )
+        # GQA with >= 4 query heads per KV head is faster on the tensor-core (prefill) kernels.
+        self.tensor_cores = shape.num_heads // shape.num_kv_heads >= 4
+        self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(self.workspace, "NHD", use_tensor_cores=self.tensor_cores)
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self.device = device
         self._decode_only = True
+        self._active_decode = self.decode
+        # CUDA-graph decode: one wrapper per captured batch size, all planning into shared
+        # static buffers (flashinfer fixes the batch size of a graph-mode wrapper).
+        self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
+        self._graph_indptr = torch.empty(0, dtype=torch.int32, device=device)
+        self._graph_indices = torch.empty(0, dtype=torch.int32, device=device)
+        self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=device)
 
-    def plan(self, batch: ForwardBatch) -> None:
+    def _page_metadata(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(kv_indptr, kv_indices, kv_last_page_len) on the host: flashinfer plans there."""
         page_size = self.cache.shape.page_size
         pages_used = [-(-ctx // page_size) for ctx in batch.context_lens]
         indptr = [0]
@@ -39,34 +49,74 @@ class FlashInferPagedAttention(AttentionBackend):
             indptr.append(indptr[-1] + n)
         indices = [p for table, n in zip(batch.page_tables, pages_used) for p in table[:n]]
         last_page_len = [ctx - (n - 1) * page_size for ctx, n in zip(batch.context_lens, pages_used)]
-        # Metadata is built on the host (flashinfer plans there) and copied once per step.
-        kv_indptr = torch.tensor(indptr, dtype=torch.int32)
-        kv_indices = torch.tensor(indices, dtype=torch.int32).to(self.device, non_blocking=True)
-        kv_last = torch.tensor(last_page_len, dtype=torch.int32)
-        self._slots = self.cache.slots_for(batch)
-        common = dict(
+        return (
+            torch.tensor(indptr, dtype=torch.int32),
+            torch.tensor(indices, dtype=torch.int32),
+            torch.tensor(last_page_len, dtype=torch.int32),
+        )
+
+    def _plan_args(self) -> dict:
+        return dict(
             num_qo_heads=self.shape.num_heads,
             num_kv_heads=self.shape.num_kv_heads,
-            page_size=page_size,
+            page_size=self.cache.shape.page_size,
             sm_scale=self.shape.scale,
             q_data_type=self.dtype,
             kv_data_type=self.dtype,
         )
+
+    def plan(self, batch: ForwardBatch) -> None:
+        kv_indptr, kv_indices, kv_last = self._page_metadata(batch)
+        kv_indices = kv_indices.to(self.device, non_blocking=True)
+        self._slots = self.cache.slots_for(batch)
         self._decode_only = batch.is_decode_only
         if self._decode_only:
-            self.decode.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **common)
+            self._active_decode = self.decode
+            self.decode.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())
         else:
             qo_indptr = [0]
             for q in batch.query_lens:
                 qo_indptr.append(qo_indptr[-1] + q)
             self.prefill.plan(
                 torch.tensor(qo_indptr, dtype=torch.int32), kv_indptr, kv_indices, kv_last,
-                head_dim_qk=self.shape.head_dim, causal=True, **common,
+                head_dim_qk=self.shape.head_dim, causal=True, **self._plan_args(),
             )
+
+    def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+        kv_indptr, kv_indices, kv_last = self._page_metadata(batch)
+        wrapper = self._graph_wrapper(batch.num_seqs, max_indices=len(kv_indices))
+        wrapper.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())
+        self._slots = slots
+        self._decode_only = True
+        self._active_decode = wrapper
+
+    def _graph_wrapper(self, batch_size: int, max_indices: int) -> flashinfer.BatchDecodeWithPagedKVCacheWrapper:
+        wrapper = self._graph_wrappers.get(batch_size)
+        if wrapper is not None:
+            return wrapper
+        # A decode batch reads each cache page at most once, plus one padding page per row.
+        needed_indices = max(self.cache.shape.num_pages + batch_size + 1, max_indices)
+        if len(self._graph_indptr) < batch_size + 1 or len(self._graph_indices) < needed_indices:
+            if self._graph_wrappers:
+                raise RuntimeError("capture the largest decode graph first: its buffers are shared")
+            self._graph_indptr = torch.zeros(batch_size + 1, dtype=torch.int32, device=self.device)
+            self._graph_indices = torch.zeros(needed_indices, dtype=torch.int32, device=self.device)
+            self._graph_last_page_len = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace,
+            "NHD",
+            use_cuda_graph=True,
+            use_tensor_cores=self.tensor_cores,
+            paged_kv_indptr_buffer=self._graph_indptr[: batch_size + 1],
+            paged_kv_indices_buffer=self._graph_indices,
+            paged_kv_last_page_len_buffer=self._graph_last_page_len[:batch_size],
+        )
+        self._graph_wrappers[batch_size] = wrapper
+        return wrapper
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self._slots, k, v)
         cache = self.cache.layers[layer]
-        wrapper = self.decode if self._decode_only else self.prefill
+        wrapper = self._active_decode if self._decode_only else self.prefill
         out = wrapper.run(q.contiguous(), cache)
         return out.reshape(q.shape[0], -1)

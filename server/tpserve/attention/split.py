@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..batch import ForwardBatch
+from ..kv_cache import PagedKVCache
 from .base import AttentionBackend
 
 
@@ -14,6 +15,16 @@ class PrefillDecodeSplit(AttentionBackend):
         self.prefill = prefill
         self.decode = decode
         self._active = decode
+        self.supports_cuda_graph = decode.supports_cuda_graph
+
+    def bind(self, cache: PagedKVCache) -> None:
+        super().bind(cache)
+        self.prefill.bind(cache)
+        self.decode.bind(cache)
+
+    def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._active = self.decode
+        self.decode.plan_graph_decode(batch, slots)
 
     def plan(self, batch: ForwardBatch) -> None:
         self._active = self.decode if batch.is_decode_only else self.prefill

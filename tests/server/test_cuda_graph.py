@@ -1,0 +1,163 @@
+"""Decode-graph plumbing on CPU: padding, static inputs and replay give the eager step's logits.
+
+CUDA graphs cannot be recorded without a GPU. What replays them is the same code on any device:
+DecodeGraphs stages each batch into static buffers, plans attention over them and replays. Here
+the recorder is `RecordedStep`, which replays by running the recorded step again on the same
+static buffers and writing into the same output tensor, as a graph replay does. The GPU check of
+real graphs against eager decode is bench/check_cuda_graph.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tpserve.batch import ForwardBatch
+from tpserve.config import EngineConfig
+from tpserve.cuda_graph import DecodeGraphs, StepFn, graph_batch_sizes, pad_decode_batch
+from tpserve.distributed import TPGroup
+from tpserve.runner import ModelRunner
+
+PAGE_SIZE = 4
+
+
+class RecordedStep:
+    def __init__(self, step: StepFn, output: torch.Tensor) -> None:
+        self.step = step
+        self.output = output
+
+    @torch.inference_mode()
+    def replay(self) -> None:
+        self.output.copy_(self.step())
+
+
+class ReplayByRerun:
+    def __init__(self) -> None:
+        self.recorded: list[int] = []
+
+    def capture(self, step: StepFn) -> tuple[RecordedStep, torch.Tensor]:
+        output = step()
+        self.recorded.append(output.shape[0])
+        return RecordedStep(step, output), output
+
+
+def test_captured_sizes_cover_every_batch_up_to_the_maximum() -> None:
+    assert graph_batch_sizes(1) == [1]
+    assert graph_batch_sizes(6) == [1, 2, 4, 6]
+    sizes = graph_batch_sizes(256)
+    assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-1] == 256 and all(b - a <= 8 for a, b in zip(sizes, sizes[1:]))
+
+
+def test_padding_rows_only_touch_the_padding_page() -> None:
+    batch = ForwardBatch(token_ids=[5, 6], query_lens=[1, 1], context_lens=[3, 9], page_tables=[[0], [1, 2, 3]], sample=[True, True])
+    padded = pad_decode_batch(batch, 5, padding_page=7)
+    assert padded.num_seqs == 5 and padded.is_decode_only
+    pages, offsets = padded.kv_write_slots(PAGE_SIZE)
+    assert pages == [0, 3, 7, 7, 7] and offsets == [2, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_decode_batch(padded, 4, padding_page=7)
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_checkpoint) -> ModelRunner:
+    config = EngineConfig(
+        model_path=str(tiny_checkpoint("llama")), device="cpu", dtype="float64", page_size=PAGE_SIZE,
+        max_running_requests=8, max_total_tokens=512, context_length=64,
+    )
+    return ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=torch.device("cpu")))
+
+
+def _prefilled(runner: ModelRunner, rng: random.Random, count: int) -> tuple[list[list[int]], list[list[int]]]:
+    """`count` sequences with random prompts in the cache; returns (token ids, page tables)."""
+    tokens, tables, next_page = [], [], 0
+    for _ in range(count):
+        prompt = [rng.randrange(runner.model_config.vocab_size) for _ in range(rng.randint(2, 13))]
+        pages = list(range(next_page, next_page + 5))  # room for 20 tokens
+        next_page += 5
+        runner.forward(ForwardBatch(prompt, [len(prompt)], [len(prompt)], [pages], [True]))
+        tokens.append(prompt)
+        tables.append(pages)
+    return tokens, tables
+
+
+def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRunner) -> None:
+    recorder = ReplayByRerun()
+    graphs = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, torch.device("cpu"), max_bs=6, capture=recorder)
+    assert recorder.recorded == [6, 4, 2, 1]  # largest first, so smaller graphs share its pool
+    rng = random.Random(0)
+    for batch_size in (1, 3, 5, 6, 2):
+        tokens, tables = _prefilled(runner, rng, batch_size)
+        decode = ForwardBatch(
+            token_ids=[rng.randrange(runner.model_config.vocab_size) for _ in tokens],
+            query_lens=[1] * batch_size,
+            context_lens=[len(t) + 1 for t in tokens],
+            page_tables=tables,
+            sample=[True] * batch_size,
+        )
+        assert graphs.can_run(decode)
+        cache_before = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
+        replayed = graphs.run(decode).clone()
+        cache_after_replay = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
+        eager = runner._forward_eager(decode)
+        assert replayed.shape == eager.shape == (batch_size, runner.model_config.vocab_size)
+        torch.testing.assert_close(replayed, eager, rtol=1e-9, atol=1e-9)
+        # The replay wrote exactly the real rows' new K/V (float64: padding changes only summation order).
+        for before, after, layer in zip(cache_before, cache_after_replay, runner.kv_cache.layers):
+            torch.testing.assert_close(after, layer[: runner.kv_cache.padding_page], rtol=1e-12, atol=1e-12)
+            assert not torch.equal(before, after)
+
+
+def test_prefill_and_oversized_batches_stay_eager(runner: ModelRunner) -> None:
+    graphs = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, torch.device("cpu"), max_bs=2, capture=ReplayByRerun())
+    prefill = ForwardBatch([1, 2, 3], [3], [3], [[0]], [True])
+    too_many = ForwardBatch([1, 2, 3], [1, 1, 1], [2, 2, 2], [[0], [1], [2]], [True] * 3)
+    assert not graphs.can_run(prefill) and not graphs.can_run(too_many)
+
+
+def test_cuda_graph_flags_reach_the_engine_config(tiny_checkpoint) -> None:
+    from tpserve.cli import server_args
+
+    model = str(tiny_checkpoint("llama"))
+    args = server_args(["--model", model, "--device", "cpu", "--cuda-graph-max-bs", "32", "--disable-custom-all-reduce",
+                        "--enable-p2p-check"])
+    assert args.engine.cuda_graph_max_bs == 32 and args.engine.disable_custom_all_reduce and args.engine.enable_p2p_check
+    assert not args.engine.use_cuda_graph  # graphs are a CUDA feature
+    assert not server_args(["--model", model, "--device", "cpu", "--disable-cuda-graph"]).engine.use_cuda_graph
+    assert EngineConfig(model_path=model, device="cuda").use_cuda_graph
+    assert not EngineConfig(model_path=model, device="cuda", disable_cuda_graph=True).use_cuda_graph
+
+
+def test_custom_all_reduce_is_refused_where_it_cannot_run() -> None:
+    from tpserve.all_reduce import CustomAllReduceRequest, custom_all_reduce_refusal
+
+    def refusal(**changes: object) -> str | None:
+        fields = dict(device_kind="cuda", world_size=2, nnodes=1, dtype=torch.bfloat16, disabled=False, p2p_check=False)
+        return custom_all_reduce_refusal(CustomAllReduceRequest(**(fields | changes)))  # type: ignore[arg-type]
+
+    assert refusal() is None
+    assert refusal(disabled=True) == "--disable-custom-all-reduce"
+    assert "tp=1" in (refusal(world_size=1) or "")
+    assert "CUDA" in (refusal(device_kind="cpu") or "")
+    assert "nodes" in (refusal(nnodes=2) or "")
+    assert "float16" in (refusal(dtype=torch.float16) or "")
+
+
+def test_small_all_reduce_fast_path_is_taken_only_for_what_it_accepts() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def accepts(self, tensor: torch.Tensor) -> bool:
+            return tensor.numel() <= 4
+
+        def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return tensor * 2
+
+    group = TPGroup(rank=0, world_size=2, device=torch.device("cpu"), small_all_reduce=Recorder())
+    assert torch.equal(group.all_reduce(torch.ones(4)), torch.full((4,), 2.0))
+    assert group.small_all_reduce.calls == 1
+    single = TPGroup(rank=0, world_size=1, device=torch.device("cpu"), small_all_reduce=Recorder())
+    assert torch.equal(single.all_reduce(torch.ones(4)), torch.ones(4)) and single.small_all_reduce.calls == 0
