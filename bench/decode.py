@@ -1,11 +1,17 @@
-"""Decode step time against the HBM roofline, at tp=1, with dummy weights of a real model shape.
+"""Decode step time against the HBM roofline, with dummy weights of a real model shape, at tp=N.
 
-One step = what the engine does per decode iteration on rank 0 minus sampling: build the batch
-tensors, plan attention, run the forward to logits. The roofline is the bytes a step must read
-(all weights once, plus the batch's KV cache) over the device-copy bandwidth measured in the same
-run. Prints a table and writes JSON.
+One step = what the engine does per decode iteration minus sampling: rank 0 broadcasts the step
+plan (tp > 1), every rank builds its inputs, plans attention and runs the forward to logits, and
+the step ends when rank 0's logits are ready. Modes, all on the same weights and cache:
+  eager       the forward launched op by op from Python;
+  graph       replayed from the decode CUDA graphs (the default engine path);
+  graph-nccl  (tp > 1) graphs captured with every all-reduce on NCCL (--disable-custom-all-reduce).
+The roofline is the bytes a step must read on one rank (its weight shard once, plus its share of
+the batch's KV cache) over the device-copy bandwidth measured in the same run. Prints a table and
+writes JSON.
 
-    python bench/decode.py --shape bench/shapes/llama-3.1-8b.json --attn fi torch --json out.json
+    python bench/decode.py --shape bench/shapes/llama-3.1-8b.json --tp 1 --json decode-tp1.json
+    python bench/decode.py --tp 2 --json decode-tp2.json      # on 2 GPUs
 """
 
 from __future__ import annotations
@@ -15,31 +21,19 @@ import json
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from ranks import run_on_ranks
+from roofline import copy_bandwidth
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
+from tpserve.cuda_graph import CudaGraphCapture, DecodeGraphs
 from tpserve.distributed import TPGroup
+from tpserve.protocol import Stop
 from tpserve.runner import ModelRunner
-
-
-def copy_bandwidth(device: torch.device, gib: float = 2.0) -> float:
-    """Bytes per second of a device-to-device copy, counting bytes read plus bytes written."""
-    src = torch.randn(int(gib * 2**30 / 2), dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * src.numel() * src.element_size() / statistics.median(times)
 
 
 def decode_batch(batch: int, context: int, page_size: int, vocab: int) -> ForwardBatch:
@@ -54,65 +48,102 @@ def decode_batch(batch: int, context: int, page_size: int, vocab: int) -> Forwar
     )
 
 
-def time_steps(runner: ModelRunner, plan: ForwardBatch, iters: int) -> float:
-    for _ in range(3):
-        runner.forward(plan)
-    torch.cuda.synchronize()
+class Modes:
+    """The step functions to time, on one runner."""
+
+    def __init__(self, runner: ModelRunner, group: TPGroup, max_bs: int) -> None:
+        self.runner = runner
+        self.graphs = runner.graphs
+        self.nccl_graphs: DecodeGraphs | None = None
+        if group.world_size > 1 and group.small_all_reduce is not None:
+            fast, group.small_all_reduce = group.small_all_reduce, None
+            self.nccl_graphs = DecodeGraphs(
+                runner.model, runner.attention, runner.kv_cache, group.device, max_bs, CudaGraphCapture(group.device)
+            )
+            group.small_all_reduce = fast
+        self.names = ["eager", "graph"] + (["graph-nccl"] if self.nccl_graphs is not None else [])
+
+    def step(self, mode: str, plan: ForwardBatch) -> torch.Tensor:
+        if mode == "eager":
+            return self.runner._forward_eager(plan)
+        graphs = self.graphs if mode == "graph" else self.nccl_graphs
+        assert graphs is not None
+        return graphs.run(plan)
+
+
+def time_steps(group: TPGroup, modes: Modes, mode: str, plan: ForwardBatch, iters: int) -> float:
+    """Median wall time of a step on rank 0 (followers are driven by the broadcast plans)."""
     times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        runner.forward(plan)
-        end.record()
+    for i in range(iters + 3):  # 3 warm-up steps
+        started = time.perf_counter()
+        group.broadcast_object((mode, plan))
+        modes.step(mode, plan)
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        if i >= 3:
+            times.append((time.perf_counter() - started) * 1e3)
     return statistics.median(times)
+
+
+def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> list[dict]:
+    batches = [int(b) for b in args.batches.split(",")]
+    config = EngineConfig(
+        model_path=model_dir, tp=group.world_size, device="cuda", dtype="bfloat16", load_format="dummy",
+        attention_backend=args.attn, page_size=args.page_size, context_length=args.context + 8,
+        max_running_requests=max(batches), max_total_tokens=max(batches) * (args.context + args.page_size),
+        mem_fraction_static=0.85, cuda_graph_max_bs=max(batches),
+    )
+    runner = ModelRunner(config, config.validate(), group)
+    for layer in runner.kv_cache.layers:
+        layer.normal_()  # timing on zeros flatters kernels
+    modes = Modes(runner, group, max(batches))
+    if not group.is_leader:
+        while True:
+            message = group.broadcast_object(None)
+            if isinstance(message, Stop):
+                return []
+            modes.step(*message)
+    device = group.device
+    bandwidth = copy_bandwidth(device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in runner.model.parameters()}.values())
+    per_token_kv = runner.kv_cache.shape.bytes_per_page(runner.dtype) / args.page_size
+    rows = []
+    for mode in modes.names:
+        for batch in batches:
+            plan = decode_batch(batch, args.context, args.page_size, runner.model_config.vocab_size)
+            ms = time_steps(group, modes, mode, plan, args.iters)
+            kv_bytes = batch * args.context * per_token_kv
+            rows.append({
+                "tp": group.world_size, "mode": mode, "attn": args.attn, "batch": batch, "context": args.context,
+                "step_ms": ms, "roofline_ms": 1e3 * (weight_bytes + kv_bytes) / bandwidth,
+                "weights_only_roofline_ms": 1e3 * weight_bytes / bandwidth,
+                "weight_gb_per_rank": weight_bytes / 1e9, "copy_tb_s": bandwidth / 1e12,
+                "custom_all_reduce": group.small_all_reduce is not None and mode != "graph-nccl",
+                "device": torch.cuda.get_device_name(device),
+            })
+    group.broadcast_object(Stop())
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=Path, default=Path(__file__).parent / "shapes" / "llama-3.1-8b.json")
-    parser.add_argument("--attn", nargs="+", default=["fi", "torch"])
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--attn", default="fi")
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--context", type=int, default=1024, help="tokens already in each sequence's KV cache")
     parser.add_argument("--page-size", type=int, default=16)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
-    device = torch.device("cuda", 0)
-    bandwidth = copy_bandwidth(device)
-    rows = []
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(args.shape, Path(scratch) / "config.json")
-        for attn in args.attn:
-            config = EngineConfig(
-                model_path=scratch, device="cuda", dtype="bfloat16", load_format="dummy", attention_backend=attn,
-                page_size=args.page_size, context_length=args.context + 8, max_running_requests=max(batches),
-                max_total_tokens=max(batches) * (args.context + args.page_size), mem_fraction_static=0.85,
-            )
-            model_config = config.validate()
-            runner = ModelRunner(config, model_config, TPGroup(rank=0, world_size=1, device=device))
-            weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in runner.model.parameters()}.values())
-            for layer in runner.kv_cache.layers:
-                layer.normal_()  # timing on zeros flatters kernels
-            per_token_kv = runner.kv_cache.shape.bytes_per_page(runner.dtype) / args.page_size
-            for batch in batches:
-                ms = time_steps(runner, decode_batch(batch, args.context, args.page_size, model_config.vocab_size), args.iters)
-                kv_bytes = batch * args.context * per_token_kv
-                rows.append({
-                    "attn": attn, "batch": batch, "context": args.context, "step_ms": ms,
-                    "roofline_ms": 1e3 * (weight_bytes + kv_bytes) / bandwidth,
-                    "weights_only_roofline_ms": 1e3 * weight_bytes / bandwidth,
-                    "weight_gb": weight_bytes / 1e9, "copy_tb_s": bandwidth / 1e12,
-                    "device": torch.cuda.get_device_name(device),
-                })
-            del runner
-            torch.cuda.empty_cache()
-    print(f"device: {rows[0]['device']}; copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights {rows[0]['weight_gb']:.2f} GB; context {args.context}")
-    print(f"{'attn':<8}{'batch':>6}{'step ms':>10}{'roofline ms':>13}{'x roofline':>12}")
+        rows = run_on_ranks(args.tp, "cuda", bench_rank, args, scratch)
+    first = rows[0]
+    print(f"device: {first['device']}; tp={args.tp}; copy bandwidth {first['copy_tb_s']:.2f} TB/s; "
+          f"weights {first['weight_gb_per_rank']:.2f} GB per rank; context {args.context}")
+    print(f"{'mode':<12}{'batch':>6}{'step ms':>10}{'roofline ms':>13}{'x roofline':>12}")
     for r in rows:
-        print(f"{r['attn']:<8}{r['batch']:>6}{r['step_ms']:>10.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}")
+        print(f"{r['mode']:<12}{r['batch']:>6}{r['step_ms']:>10.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

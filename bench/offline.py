@@ -59,6 +59,8 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
         page_size=args.page_size,
         attention_backend=args.attn,
         context_length=args.context_length,
+        disable_cuda_graph=args.disable_cuda_graph,
+        disable_custom_all_reduce=args.disable_custom_all_reduce,
     )
     with LLM(model_path, **engine_flags) as llm:
         vocab = llm.model_config.vocab_size
@@ -149,6 +151,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-prefill-length", type=int, default=8192)
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--disable-cuda-graph", action="store_true")
+    parser.add_argument("--disable-custom-all-reduce", action="store_true")
     parser.add_argument("--transformers", type=int, default=0, metavar="N",
                         help="also run transformers' generate on the first N requests (one padded batch)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -168,9 +172,25 @@ def main() -> None:
         results = [run_tpserve(args, model_path)]
         if args.transformers:
             results.append(run_transformers(args, model_path, args.transformers))
+        if args.device == "cuda":
+            results.append(run_roofline(args, model_path, results[0]))
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"output_tokens_per_s": r.output_tokens_per_s} for r in results], indent=2))
+
+
+def run_roofline(args: argparse.Namespace, model_path: str, measured: OfflineResult) -> OfflineResult:
+    """The same workload at the HBM floor (bandwidth measured now, on this GPU)."""
+    import torch
+
+    from roofline import copy_bandwidth, workload_roofline_s
+    from tpserve.config import ModelConfig
+
+    model = ModelConfig.from_dir(model_path)
+    lengths = [(len(p), n) for p, n in make_workload(args.num_requests, args.min_len, args.max_len, model.vocab_size, args.seed)]
+    bandwidth = copy_bandwidth(torch.device("cuda", 0))
+    seconds = workload_roofline_s(lengths, model, bandwidth, args.tp)
+    return OfflineResult("HBM roofline", args.tp, measured.requests, measured.input_tokens, measured.output_tokens, seconds)
 
 
 if __name__ == "__main__":

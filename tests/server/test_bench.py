@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,3 +25,20 @@ def test_offline_bench_prints_table_and_json(tmp_path: Path, tiny_checkpoint) ->
     assert result["requests"] == 5 and result["tp"] == 2
     assert 5 * 4 <= result["output_tokens"] <= 5 * 12
     assert result["output_tokens_per_s"] > 0
+
+
+def test_online_bench_streams_through_the_http_api(tmp_path: Path, tiny_checkpoint) -> None:
+    out = tmp_path / "online.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "online.py"), "--model", str(tiny_checkpoint("llama")), "--device", "cpu",
+         "--concurrency", "1,3", "--requests-per-client", "2", "--input-len", "12", "--output-len", "6",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TTFT p50" in proc.stdout
+    single, crowd = json.loads(out.read_text())
+    assert (single["concurrency"], single["requests"]) == (1, 2) and (crowd["concurrency"], crowd["requests"]) == (3, 6)
+    for level in (single, crowd):
+        assert level["output_tokens_per_s"] * level["seconds"] == pytest.approx(level["requests"] * 6)
+        assert 0 < level["ttft_p50_ms"] <= level["ttft_p99_ms"] and 0 < level["itl_p50_ms"] <= level["itl_p99_ms"]

@@ -1,0 +1,183 @@
+"""Online latency: N concurrent streaming clients against a running tpserve over HTTP.
+
+Starts `python -m tpserve` (a model directory, or a config-only shape with dummy weights and a
+synthetic tokenizer whose every id is one word), waits for /health, then for each concurrency
+level runs that many clients, each sending `--requests-per-client` streaming completions one after
+another (random token-id prompts, ignore_eos, fixed output length). Reports TTFT and inter-token
+latency percentiles and output tokens/s. Prints a table and writes JSON.
+
+    python bench/online.py --shape bench/shapes/llama-3.1-8b.json --concurrency 1,16,64 --json online.json
+    python bench/online.py --model /path/to/tiny --device cpu --concurrency 1,4 --input-len 16 --output-len 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tpserve.launcher import free_port
+
+
+def synthetic_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    """A word-level tokenizer where token i is the word 'w<i>': every generated id streams as text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="w1", unk_token="w0").save_pretrained(str(out_dir))
+
+
+@dataclass
+class RequestTrace:
+    ttft_s: float
+    token_gaps_s: list[float] = field(default_factory=list)
+    output_tokens: int = 0  # from the final usage chunk
+
+
+async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> RequestTrace:
+    body = {"model": "bench", "prompt": prompt, "max_tokens": output_len, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    last = started
+    trace: RequestTrace | None = None
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage") and trace is not None:
+                trace.output_tokens = chunk["usage"]["completion_tokens"]
+            if not chunk["choices"] or not chunk["choices"][0]["text"]:
+                continue
+            now = time.perf_counter()
+            if trace is None:
+                trace = RequestTrace(ttft_s=now - started)
+            else:
+                trace.token_gaps_s.append(now - last)
+            last = now
+    if trace is None:
+        raise RuntimeError("a request streamed no text")
+    return trace
+
+
+async def run_level(base_url: str, concurrency: int, args: argparse.Namespace, vocab: int) -> dict:
+    rng = random.Random(concurrency)
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+
+        async def client_loop() -> list[RequestTrace]:
+            traces = []
+            for _ in range(args.requests_per_client):
+                prompt = [rng.randrange(2, vocab) for _ in range(args.input_len)]
+                traces.append(await one_request(client, prompt, args.output_len))
+            return traces
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    traces = [t for per_client in results for t in per_client]
+    ttft = sorted(t.ttft_s * 1e3 for t in traces)
+    itl = sorted(g * 1e3 for t in traces for g in t.token_gaps_s)
+    return {
+        "concurrency": concurrency, "requests": len(traces), "input_len": args.input_len, "output_len": args.output_len,
+        "seconds": elapsed, "output_tokens_per_s": sum(t.output_tokens for t in traces) / elapsed,
+        **{f"ttft_p{p}_ms": percentile(ttft, p) for p in (50, 90, 99)},
+        **{f"itl_p{p}_ms": percentile(itl, p) for p in (50, 90, 99)},
+        "itl_mean_ms": statistics.fmean(itl) if itl else float("nan"),
+    }
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode} before becoming healthy")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"server not healthy after {timeout_s:.0f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a model directory with weights and tokenizer")
+    source.add_argument("--shape", type=Path, help="a config.json: dummy weights, synthetic tokenizer")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--input-len", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--server-args", default="", help="extra flags for the server, one string")
+    parser.add_argument("--startup-timeout", type=float, default=900)
+    parser.add_argument("--log", type=Path, help="where the server's output goes (default: discarded)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.shape is not None:
+            model_dir = Path(scratch)
+            shutil.copy(args.shape, model_dir / "config.json")
+            synthetic_tokenizer(model_dir, json.loads(args.shape.read_text())["vocab_size"])
+            extra = ["--load-format", "dummy"]
+        else:
+            model_dir, extra = args.model, []
+        vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+        port = free_port()
+        command = [
+            sys.executable, "-m", "tpserve", "--model", str(model_dir), "--tp", str(args.tp), "--device", args.device,
+            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "bench", "--context-length", str(args.input_len + args.output_len + 16),
+            *extra, *args.server_args.split(),
+        ]
+        log = open(args.log, "w") if args.log else subprocess.DEVNULL
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(base_url, server, args.startup_timeout)
+            asyncio.run(run_level(base_url, 1, argparse.Namespace(**{**vars(args), "requests_per_client": 1}), vocab))
+            rows = [asyncio.run(run_level(base_url, level, args, vocab)) for level in levels]
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    print(f"online, tp={args.tp}, input {args.input_len}, output {args.output_len} tokens, "
+          f"{args.requests_per_client} requests per client")
+    print(f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)")
+    for r in rows:
+        print(f"{r['concurrency']:>8}{r['output_tokens_per_s']:>11.1f}{r['ttft_p50_ms']:>10.1f}{r['ttft_p90_ms']:>8.1f}"
+              f"{r['ttft_p99_ms']:>8.1f}{r['itl_p50_ms']:>9.2f}{r['itl_p90_ms']:>8.2f}{r['itl_p99_ms']:>8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
