@@ -6,8 +6,12 @@ part of its parameters, so the loader can read exactly this rank's bytes and not
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,20 @@ class WeightSpec:
     dim: int | None = None
     start: int = 0
     length: int = 0
+
+
+def fused_kernels(device: torch.device) -> ModuleType | None:
+    """flashinfer, when its fused kernels can replace the torch reference ops on `device`.
+
+    Each fused kernel (RMSNorm with the residual add, rotary, SiLU-and-multiply) does in one
+    launch what takes several torch ops; at small decode batches those launches, not the bytes,
+    dominate a step. TPSERVE_FUSED_KERNELS=0 keeps the torch ops (for comparisons).
+    """
+    if device.type != "cuda" or os.environ.get("TPSERVE_FUSED_KERNELS", "1") == "0":
+        return None
+    if importlib.util.find_spec("flashinfer") is None:
+        return None
+    return importlib.import_module("flashinfer")
 
 
 def split_range(total: int, parts: int, index: int) -> tuple[int, int]:
@@ -145,8 +163,22 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype, device=device), requires_grad=False)
+        self.kernels = fused_kernels(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None and x.is_contiguous():
+            return self.kernels.norm.rmsnorm(x, self.weight, self.eps)
+        return self._reference(x)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual). The fused kernel updates x and residual in place."""
+        if self.kernels is not None:
+            self.kernels.norm.fused_add_rmsnorm(x, residual, self.weight, self.eps)
+            return x, residual
+        summed = x + residual
+        return self._reference(summed), summed
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 at least, as the reference implementations do.
         compute = torch.promote_types(x.dtype, torch.float32)
         h = x.to(compute)
@@ -187,8 +219,19 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos().to(dtype=dtype, device=device), persistent=False)
         self.register_buffer("sin", emb.sin().to(dtype=dtype, device=device), persistent=False)
+        self.kernels = fused_kernels(device)
+        if self.kernels is not None:  # the fused kernel's table: [positions, cos half | sin half], float32
+            self.register_buffer("cos_sin", torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device), persistent=False)
+        self.head_dim = head_dim
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [tokens, heads, head_dim] and k [tokens, kv_heads, head_dim], rotated (maybe in place)."""
+        if self.kernels is not None:
+            tokens = q.shape[0]
+            self.kernels.rope.apply_rope_with_cos_sin_cache_inplace(
+                positions, q.view(tokens, -1), k.view(tokens, -1), self.head_dim, self.cos_sin, is_neox=True
+            )
+            return q, k
         cos = self.cos[positions].unsqueeze(1)  # [tokens, 1, head_dim]
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

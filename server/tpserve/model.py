@@ -17,6 +17,7 @@ from .layers import (
     RowParallelLinear,
     VocabParallelEmbedding,
     WeightSpec,
+    fused_kernels,
     split_range,
 )
 
@@ -76,9 +77,13 @@ class MLP(nn.Module):
         )
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, group, dtype, device)
         self.local_rows = rows
+        self.kernels = fused_kernels(device)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(hidden).split(self.local_rows, dim=-1)
+        gate_up = self.gate_up_proj(hidden)
+        if self.kernels is not None:
+            return self.down_proj(self.kernels.activation.silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.local_rows, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
@@ -96,10 +101,24 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config, group, dtype, device)
 
     def forward(
-        self, hidden: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding, attention: AttentionBackend
-    ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), positions, rotary, attention)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        positions: torch.Tensor,
+        rotary: RotaryEmbedding,
+        attention: AttentionBackend,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it); the caller adds the two.
+
+        Deferring each residual add into the next norm lets one fused kernel do add + norm.
+        """
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.self_attn(hidden, positions, rotary, attention)
+        hidden, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
+        return self.mlp(hidden), residual
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         return (
@@ -135,9 +154,11 @@ class DecoderModel(nn.Module):
     ) -> torch.Tensor:
         """Logits [len(sample_indices), vocab] for the selected token positions, on every rank."""
         hidden = self.embed_tokens(token_ids)
+        residual: torch.Tensor | None = None
         for layer in self.layers:
-            hidden = layer(hidden, positions, self.rotary, attention)
-        hidden = self.norm(hidden[sample_indices])
+            hidden, residual = layer(hidden, residual, positions, self.rotary, attention)
+        assert residual is not None
+        hidden, _ = self.norm.add_and_norm(hidden[sample_indices], residual[sample_indices])
         return self.lm_head(hidden)
 
     def weight_specs(self) -> list[WeightSpec]:
