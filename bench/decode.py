@@ -5,6 +5,7 @@ plan (tp > 1), every rank builds its inputs, plans attention and runs the forwar
 the step ends when rank 0's logits are ready. Modes, all on the same weights and cache:
   eager       the forward launched op by op from Python;
   graph       replayed from the decode CUDA graphs (the default engine path);
+  graph-unfused  graphs of the torch reference ops instead of the fused flashinfer kernels;
   graph-nccl  (tp > 1) graphs captured with every all-reduce on NCCL (--disable-custom-all-reduce).
 The roofline is the bytes a step must read on one rank (its weight shard once, plus its share of
 the batch's KV cache) over the device-copy bandwidth measured in the same run. Prints a table and
@@ -53,22 +54,29 @@ class Modes:
 
     def __init__(self, runner: ModelRunner, group: TPGroup, max_bs: int) -> None:
         self.runner = runner
-        self.graphs = runner.graphs
-        self.nccl_graphs: DecodeGraphs | None = None
+        self.graphs: dict[str, DecodeGraphs] = {}
+        assert runner.graphs is not None
+        self.graphs["graph"] = runner.graphs
+        capture = CudaGraphCapture(group.device)
+        # The same step with the torch reference ops instead of the fused kernels.
+        fused = [m for m in runner.model.modules() if getattr(m, "kernels", None) is not None]
+        if fused:
+            kernels = fused[0].kernels
+            for module in fused:
+                module.kernels = None
+            self.graphs["graph-unfused"] = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, group.device, max_bs, capture)
+            for module in fused:
+                module.kernels = kernels
         if group.world_size > 1 and group.small_all_reduce is not None:
             fast, group.small_all_reduce = group.small_all_reduce, None
-            self.nccl_graphs = DecodeGraphs(
-                runner.model, runner.attention, runner.kv_cache, group.device, max_bs, CudaGraphCapture(group.device)
-            )
+            self.graphs["graph-nccl"] = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, group.device, max_bs, capture)
             group.small_all_reduce = fast
-        self.names = ["eager", "graph"] + (["graph-nccl"] if self.nccl_graphs is not None else [])
+        self.names = ["eager", *self.graphs]
 
     def step(self, mode: str, plan: ForwardBatch) -> torch.Tensor:
         if mode == "eager":
             return self.runner._forward_eager(plan)
-        graphs = self.graphs if mode == "graph" else self.nccl_graphs
-        assert graphs is not None
-        return graphs.run(plan)
+        return self.graphs[mode].run(plan)
 
 
 def time_steps(group: TPGroup, modes: Modes, mode: str, plan: ForwardBatch, iters: int) -> float:
@@ -141,9 +149,9 @@ def main() -> None:
     first = rows[0]
     print(f"device: {first['device']}; tp={args.tp}; copy bandwidth {first['copy_tb_s']:.2f} TB/s; "
           f"weights {first['weight_gb_per_rank']:.2f} GB per rank; context {args.context}")
-    print(f"{'mode':<12}{'batch':>6}{'step ms':>10}{'roofline ms':>13}{'x roofline':>12}")
+    print(f"{'mode':<14}{'batch':>6}{'step ms':>10}{'roofline ms':>13}{'x roofline':>12}")
     for r in rows:
-        print(f"{r['mode']:<12}{r['batch']:>6}{r['step_ms']:>10.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}")
+        print(f"{r['mode']:<14}{r['batch']:>6}{r['step_ms']:>10.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
