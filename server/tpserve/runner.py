@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ from .all_reduce import CustomAllReduceRequest, try_one_shot
 from .attention import AttentionLayerShape, create_backend
 from .batch import DeviceBatch, ForwardBatch
 from .config import ConfigError, EngineConfig, ModelConfig, ShardLayout, resolve_dtype
-from .cuda_graph import CudaGraphCapture, DecodeGraphs, pad_decode_batch
+from .cuda_graph import CudaGraphCapture, DecodeGraphs
 from .distributed import TPGroup
 from .group_status import Phase
 from .kv_cache import KVCacheShape, PagedKVCache
@@ -24,8 +25,8 @@ from .weights import LoadProgress, fill_dummy, load_safetensors
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING = 256
-GRAPH_MEMORY_HEADROOM = 1.25
-GRAPH_MEMORY_FIXED_BYTES = 64 * 2**20
+GRAPH_MEMORY_HEADROOM = 1.1
+GRAPH_MEMORY_FIXED_BYTES = 256 * 2**20  # allocator rounding, NCCL/one-shot buffers first touched at capture
 
 
 class ModelRunner:
@@ -83,7 +84,7 @@ class ModelRunner:
         )
         use_graphs = config.use_cuda_graph and self._graphs_supported()
         graph_max_bs = min(config.cuda_graph_max_bs, self.max_running)
-        graph_reserve = self._decode_activation_bytes(graph_max_bs) if use_graphs else 0
+        graph_reserve = self._graph_memory_bytes(graph_max_bs) if use_graphs else 0
         cache_shape = self._cache_shape(layout, num_pages=self._agreed_num_pages(layout, graph_reserve))
         self.attention.bind(PagedKVCache(cache_shape, self.dtype, group.device))  # frees the probe
         self.kv_cache = self.attention.cache
@@ -115,23 +116,26 @@ class ModelRunner:
                     self.group.rank, self.config.attention_backend)
         return False
 
-    def _decode_activation_bytes(self, batch_size: int) -> int:
-        """Peak memory of one eager decode step of `batch_size` rows: what the graph pool will hold."""
+    def _graph_memory_bytes(self, max_bs: int) -> int:
+        """Device memory the decode graphs take, measured by capturing them over the probe cache.
+
+        Graphs cost more than their activations (instantiated graphs, one flashinfer plan buffer
+        per captured size, the capture stream's library workspaces: 1.4 GiB for 35 graphs of an
+        8B model where one step's activations were 0.2 GiB), so the whole capture is measured,
+        then released; the real capture after the KV cache is allocated takes the same again.
+        """
         device = self.group.device
-        probe = self.attention.cache
-        batch = pad_decode_batch(
-            ForwardBatch(token_ids=[], query_lens=[], context_lens=[], page_tables=[], sample=[]),
-            batch_size,
-            probe.padding_page,
-        )
+        gc.collect()
+        torch.cuda.empty_cache()
+        free_before, _ = torch.cuda.mem_get_info(device)
+        probe_graphs = DecodeGraphs(self.model, self.attention, self.attention.cache, device, max_bs, CudaGraphCapture(device))
         torch.cuda.synchronize(device)
-        baseline = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        self._forward_eager(batch)
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - baseline
-        # Headroom for the graphs' own bookkeeping and allocator rounding across sizes.
-        return int(peak * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
+        free_after, _ = torch.cuda.mem_get_info(device)
+        del probe_graphs
+        self.attention.bind(self.attention.cache)  # drops the probe-sized graph plans
+        gc.collect()
+        torch.cuda.empty_cache()
+        return int((free_before - free_after) * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
 
     def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
         device = self.group.device

@@ -40,6 +40,12 @@ class FlashInferPagedAttention(AttentionBackend):
         self._graph_indices = torch.empty(0, dtype=torch.int32, device=device)
         self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=device)
 
+    def bind(self, cache: PagedKVCache) -> None:
+        super().bind(cache)
+        # Graph-mode plans are sized by the cache's page count: rebuild them for the new cache.
+        self._graph_wrappers.clear()
+        self._graph_indptr = self._graph_indices = self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=self.device)
+
     def _page_metadata(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kv_indptr, kv_indices, kv_last_page_len) on the host: flashinfer plans there."""
         page_size = self.cache.shape.page_size
