@@ -19,10 +19,9 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-
-from ranks import run_on_ranks
 from tpserve.all_reduce import OneShotAllReduce
 from tpserve.distributed import TPGroup
+from tpserve.testing.ranks import run_on_ranks
 
 CALLS_PER_GRAPH = 20
 

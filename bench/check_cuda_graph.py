@@ -18,12 +18,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from ranks import run_on_ranks
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
 from tpserve.distributed import TPGroup
 from tpserve.runner import ModelRunner
+from tpserve.testing.ranks import run_on_ranks
 
 MAX_BS = 64
 BATCHES = (1, 3, 8, 13, 37, 64)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig, RopeConfig
 from tpserve.distributed import TPGroup

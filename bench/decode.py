@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-
-from ranks import run_on_ranks
 from roofline import copy_bandwidth
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
@@ -36,6 +34,7 @@ from tpserve.cuda_graph import CudaGraphCapture, DecodeGraphs
 from tpserve.distributed import TPGroup
 from tpserve.protocol import Stop
 from tpserve.runner import ModelRunner
+from tpserve.testing.ranks import run_on_ranks
 
 
 def decode_batch(batch: int, context: int, page_size: int, vocab: int) -> ForwardBatch:

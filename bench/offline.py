@@ -182,7 +182,6 @@ def main() -> None:
 def run_roofline(args: argparse.Namespace, model_path: str, measured: OfflineResult) -> OfflineResult:
     """The same workload at the HBM floor (bandwidth measured now, on this GPU)."""
     import torch
-
     from roofline import copy_bandwidth, workload_roofline_s
     from tpserve.config import ModelConfig
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from tpserve.launcher import free_port
 
 

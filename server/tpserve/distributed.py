@@ -9,11 +9,18 @@ the world size and its own rank.
 from __future__ import annotations
 
 import datetime
+import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .plan_channel import SharedMemoryBroadcast, TooLarge
+
+log = logging.getLogger(__name__)
+PLAN_CHANNEL_KEY = "tpserve/plan_channel"
 
 
 @dataclass
@@ -24,6 +31,8 @@ class TPGroup:
     control: Any = None  # gloo ProcessGroup for pickled control messages
     # Optional fast path for small messages (see all_reduce.py); NCCL/gloo handles the rest.
     small_all_reduce: Any = None
+    # Shared-memory channel for rank 0's broadcasts when every rank is on one node (plan_channel.py).
+    plan_channel: SharedMemoryBroadcast | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -50,6 +59,14 @@ class TPGroup:
         """Rank 0's `obj` on every rank (other ranks pass None)."""
         if self.world_size == 1:
             return obj
+        if self.plan_channel is not None:
+            if self.is_leader:
+                if self.plan_channel.send(obj):
+                    return obj
+            else:
+                received = self.plan_channel.receive()
+                if not isinstance(received, TooLarge):
+                    return received
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
@@ -67,7 +84,13 @@ class TPGroup:
 
 
 def init_tp_group(
-    store: dist.Store, world_size: int, rank: int, device_kind: str, local_rank: int, timeout_s: float
+    store: dist.Store,
+    world_size: int,
+    rank: int,
+    device_kind: str,
+    local_rank: int,
+    timeout_s: float,
+    single_node: bool = False,
 ) -> TPGroup:
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
@@ -87,9 +110,27 @@ def init_tp_group(
         **({"device_id": device} if device_kind == "cuda" else {}),
     )
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
-    return TPGroup(rank=rank, world_size=world_size, device=device, control=control)
+    channel = _open_plan_channel(store, world_size, rank, timeout_s) if single_node else None
+    return TPGroup(rank=rank, world_size=world_size, device=device, control=control, plan_channel=channel)
+
+
+def _open_plan_channel(store: dist.Store, world_size: int, rank: int, timeout_s: float) -> SharedMemoryBroadcast | None:
+    """Rank 0 creates the segment and publishes its name ("" if it could not: all ranks use gloo)."""
+    if rank == 0:
+        name = f"tpserve-plan-{uuid.uuid4().hex[:16]}"
+        try:
+            channel: SharedMemoryBroadcast | None = SharedMemoryBroadcast(name, world_size, rank, True, timeout_s)
+        except OSError as exc:
+            log.warning("no shared memory for step plans (%s): broadcasting them over gloo", exc)
+            channel, name = None, ""
+        store.set(PLAN_CHANNEL_KEY, name)
+        return channel
+    name = store.get(PLAN_CHANNEL_KEY).decode()
+    return SharedMemoryBroadcast(name, world_size, rank, False, timeout_s) if name else None
 
 
 def destroy_tp_group(group: TPGroup) -> None:
+    if group.plan_channel is not None:
+        group.plan_channel.close()
     if group.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -55,7 +55,9 @@ def rank_main(
         model_config = config.validate()
         local_rank = rank % config.ranks_per_node
         reporter = RankReporter(config.dist_init_addr, rank, config.dist_timeout)
-        group = init_tp_group(reporter.store, config.tp, rank, config.device, local_rank, config.dist_timeout)
+        group = init_tp_group(
+            reporter.store, config.tp, rank, config.device, local_rank, config.dist_timeout, single_node=config.nnodes == 1
+        )
         log.info("rank %d: joined the group of %d in %.2fs", rank, config.tp, time.monotonic() - started)
         runner = ModelRunner(config, model_config, group, reporter.set_phase)
         reporter.set_phase(Phase.WAITING_FOR_GROUP)

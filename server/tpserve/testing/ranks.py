@@ -29,28 +29,33 @@ def run_on_ranks(world_size: int, device_kind: str, fn: RankFn, *args: Any, time
     ]
     for proc in procs:
         proc.start()
+    outcomes: dict[int, tuple[str, Any]] = {}
     try:
-        status, value = results.get(timeout=timeout_s)
+        while len(outcomes) < world_size:
+            rank, status, value = results.get(timeout=timeout_s)
+            outcomes[rank] = (status, value)
+            if status != "ok":
+                break
     finally:
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.kill()
-    if status != "ok":
-        raise RuntimeError(f"a rank failed:\n{value}")
-    return value
+    failures = [value for status, value in outcomes.values() if status != "ok"]
+    if failures:
+        raise RuntimeError("a rank failed:\n" + "\n".join(failures))
+    return outcomes[0][1]
 
 
 def _rank_entry(rank: int, world_size: int, device_kind: str, port: int, results: Any, fn: RankFn, args: tuple) -> None:
     store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0)
     group: TPGroup | None = None
     try:
-        group = init_tp_group(store, world_size, rank, device_kind, local_rank=rank, timeout_s=300)
+        group = init_tp_group(store, world_size, rank, device_kind, local_rank=rank, timeout_s=300, single_node=True)
         value = fn(group, *args)
-        if rank == 0:
-            results.put(("ok", value))
+        results.put((rank, "ok", value if rank == 0 else None))
     except BaseException:
-        results.put(("error", f"rank {rank}: {traceback.format_exc()}"))
+        results.put((rank, "error", f"rank {rank}: {traceback.format_exc()}"))
         raise
     finally:
         if group is not None:
