@@ -128,7 +128,7 @@ class ModelRunner:
         gc.collect()
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(device)
-        probe_graphs = DecodeGraphs(self.model, self.attention, self.attention.cache, device, max_bs, CudaGraphCapture(device))
+        probe_graphs = self._new_graphs(max_bs)
         torch.cuda.synchronize(device)
         free_after, _ = torch.cuda.mem_get_info(device)
         del probe_graphs
@@ -137,17 +137,22 @@ class ModelRunner:
         torch.cuda.empty_cache()
         return int((free_before - free_after) * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
 
-    def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
+    def _new_graphs(self, max_bs: int) -> DecodeGraphs:
+        """Decode graphs over the attention backend's current cache."""
         device = self.group.device
-        started = time.monotonic()
-        free_before, _ = torch.cuda.mem_get_info(device)
         try:
-            graphs = DecodeGraphs(self.model, self.attention, self.kv_cache, device, max_bs, CudaGraphCapture(device))
+            return DecodeGraphs(self.model, self.attention, self.attention.cache, device, max_bs, CudaGraphCapture(device))
         except torch.OutOfMemoryError as exc:
             raise ConfigError(
                 f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "
                 "--mem-fraction-static or --cuda-graph-max-bs, or pass --disable-cuda-graph"
             ) from exc
+
+    def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
+        device = self.group.device
+        started = time.monotonic()
+        free_before, _ = torch.cuda.mem_get_info(device)
+        graphs = self._new_graphs(max_bs)
         free_after, _ = torch.cuda.mem_get_info(device)
         log.info(
             "rank %d: captured %d decode CUDA graphs (batch 1..%d) in %.2fs using %.0f MiB (reserved %.0f MiB)",
