@@ -64,6 +64,7 @@ class LocalRanks:
         self.ready_ranks: set[int] = set()
         self.engine_info: EngineReady | None = None
         self.failure: str | None = None
+        self._shut_down = False
 
     def dead_ranks(self) -> list[int]:
         return [rank for rank, p in zip(self.ranks, self.processes) if not p.is_alive()]
@@ -104,6 +105,10 @@ class LocalRanks:
             raise EngineError(self.failure or f"rank(s) {dead} exited")
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Ask rank 0 to stop the group, wait for every local rank, kill stragglers. Idempotent."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         if self.inbox is not None and not self.dead_ranks():
             self.inbox.put(Shutdown())
         deadline = time.monotonic() + timeout_s

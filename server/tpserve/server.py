@@ -67,11 +67,16 @@ class NodeServer:
         try:
             self._server.run()
         finally:
-            if self.engine is not None:
-                self.engine.close()
-            self.ranks.shutdown()
+            self._stop_ranks()
             log.info("node %d: stopped after %.1fs (exit %d)", self.config.node_rank, time.monotonic() - started, self.exit_code)
         return self.exit_code
+
+    def _stop_ranks(self) -> None:
+        """Let the ranks finish and release what they hold (NCCL, shared memory). Idempotent."""
+        if self.engine is not None:
+            self.engine.close()
+        if self.ranks is not None:
+            self.ranks.shutdown()
 
     def _build_app(self) -> FastAPI:
         assert self.monitor is not None
@@ -104,6 +109,10 @@ class NodeServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # uvicorn re-raises SIGTERM/SIGINT once its shutdown is done, which ends the process
+            # before `run`'s finally: stop the ranks here, while shutting down.
+            await asyncio.to_thread(self._stop_ranks)
+            log.info("node %d: ranks stopped", self.config.node_rank)
 
     # -- node 0 ----------------------------------------------------------------------------------
     async def _start_engine(self) -> None:

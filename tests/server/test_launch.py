@@ -116,3 +116,17 @@ def test_killed_rank_process_fails_the_group(tiny_checkpoint, tmp_path: Path) ->
         assert server.wait_exit(30) != 0
     finally:
         server.stop()
+
+
+def test_sigterm_stops_the_ranks_before_the_server_exits(tiny_checkpoint, tmp_path: Path) -> None:
+    """Kubernetes stops pods with SIGTERM: the ranks must be shut down, not killed with their parent."""
+    server = ServerProcess(["--model", str(tiny_checkpoint("llama")), "--tp", "2", "--device", "cpu"], tmp_path / "server.log")
+    try:
+        server.wait_healthy(120)
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_exit(30)
+        log = server.log_tail(20_000)
+        assert "node 0: ranks stopped" in log
+        assert "leaked shared_memory" not in log  # rank 0 released the step-plan channel itself
+    finally:
+        server.stop()
