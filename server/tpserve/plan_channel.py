@@ -18,7 +18,7 @@ import pickle
 import struct
 import time
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Callable
 
 U64 = struct.Struct("<Q")
 CAPACITY_BYTES = 16 * 2**20
@@ -32,9 +32,6 @@ class ChannelTimeout(RuntimeError):
 
 class TooLarge:
     """What readers receive in place of a message too large for the segment: fetch it elsewhere."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TooLarge)
 
 
 class SharedMemoryBroadcast:
@@ -78,7 +75,7 @@ class SharedMemoryBroadcast:
         U64.pack_into(buf, 16 + 8 * (self.rank - 1), self.sequence)
         return obj
 
-    def _wait(self, ready: Any) -> None:
+    def _wait(self, ready: Callable[[], bool]) -> None:
         started = time.monotonic()
         sleep = 0.0
         while not ready():
