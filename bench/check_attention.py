@@ -13,6 +13,7 @@ import random
 import sys
 
 import torch
+
 from tpserve.attention import AttentionLayerShape, create_backend
 from tpserve.batch import ForwardBatch
 from tpserve.kv_cache import KVCacheShape, PagedKVCache
