@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+from model_dirs import SHAPES, shape_model_dir
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
 from tpserve.distributed import TPGroup
@@ -52,7 +51,7 @@ def check_rank(group: TPGroup, model_dir: str, custom_all_reduce: bool, seed: in
             tables.append(table)
         decode = ForwardBatch([rng.randrange(vocab) for _ in range(batch_size)], [1] * batch_size, contexts, tables, [True] * batch_size)
         replayed = runner.forward(decode).float().clone()  # the graph path: decode-only and fits
-        eager = runner._forward_eager(decode).float()
+        eager = runner.forward_eager(decode).float()
         error = ((replayed - eager).norm() / eager.norm()).item()
         rows.append({"batch": batch_size, "rel_error": error, "finite": bool(torch.isfinite(replayed).all())})
         for table in tables:
@@ -62,14 +61,13 @@ def check_rank(group: TPGroup, model_dir: str, custom_all_reduce: bool, seed: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", type=Path, default=Path(__file__).parent / "shapes" / "qwen3-0.6b.json")
+    parser.add_argument("--shape", type=Path, default=SHAPES / "qwen3-0.6b.json")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--disable-custom-all-reduce", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(args.shape, Path(scratch) / "config.json")
-        rows = run_on_ranks(args.tp, "cuda", check_rank, scratch, not args.disable_custom_all_reduce, args.seed)
+    with shape_model_dir(args.shape) as model_dir:
+        rows = run_on_ranks(args.tp, "cuda", check_rank, str(model_dir), not args.disable_custom_all_reduce, args.seed)
     print(f"CUDA graph vs eager decode, {args.shape.name}, tp={args.tp}, custom all-reduce "
           f"{'off' if args.disable_custom_all_reduce else 'on'}")
     print(f"{'batch':>6}{'rel error':>12}{'finite':>8}")

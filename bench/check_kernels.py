@@ -12,16 +12,15 @@ on any mismatch.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from model_dirs import SHAPES, shape_model_dir
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig, RopeConfig
 from tpserve.distributed import TPGroup
-from tpserve.layers import RMSNorm, RotaryEmbedding
+from tpserve.layers import RMSNorm, RotaryEmbedding, reference_ops
 from tpserve.runner import ModelRunner
 
 DEVICE = torch.device("cuda", 0)
@@ -51,38 +50,34 @@ def check_ops() -> dict[str, float]:
     q, k, _ = qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1)
     q, k = q.view(37, 32, 128), k.view(37, 8, 128)
     positions = torch.randint(0, 4096, (37,), device=DEVICE)
-    kernels, rotary.kernels = rotary.kernels, None
-    q_ref, k_ref = rotary(positions, q.clone(), k.clone())
-    rotary.kernels = kernels
+    with reference_ops(rotary):
+        q_ref, k_ref = rotary(positions, q.clone(), k.clone())
     q_fused, k_fused = rotary(positions, q, k)
     errors["rope_q"], errors["rope_k"] = rel(q_fused, q_ref), rel(k_fused, k_ref)
 
     gate_up = torch.randn(37, 2 * 7168, dtype=DTYPE, device=DEVICE)
     gate, up = gate_up.split(7168, dim=-1)
-    errors["silu_and_mul"] = rel(kernels.activation.silu_and_mul(gate_up), F.silu(gate) * up)
+    errors["silu_and_mul"] = rel(norm.kernels.activation.silu_and_mul(gate_up), F.silu(gate) * up)
     return errors
 
 
 def check_model(shape: Path) -> float:
-    with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(shape, Path(scratch) / "config.json")
-        config = EngineConfig(model_path=scratch, device="cuda", dtype="bfloat16", load_format="dummy",
+    with shape_model_dir(shape) as model_dir:
+        config = EngineConfig(model_path=str(model_dir), device="cuda", dtype="bfloat16", load_format="dummy",
                               attention_backend="torch", context_length=512, max_total_tokens=4096,
                               disable_cuda_graph=True)
         runner = ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=DEVICE))
     prompt = torch.randint(0, runner.model_config.vocab_size, (100,)).tolist()
     plan = ForwardBatch(prompt, [100], [100], [list(range(7))], [True])
     fused = runner.forward(plan).float()
-    modules = [m for m in runner.model.modules() if getattr(m, "kernels", None) is not None]
-    for module in modules:
-        module.kernels = None
-    reference = runner.forward(plan).float()
+    with reference_ops(runner.model):
+        reference = runner.forward(plan).float()
     return rel(fused, reference)
 
 
 def main() -> None:
     errors = check_ops()
-    errors["model_logits"] = check_model(Path(__file__).parent / "shapes" / "qwen3-0.6b.json")
+    errors["model_logits"] = check_model(SHAPES / "qwen3-0.6b.json")
     print(json.dumps(errors, indent=2))
     limits = {name: (5e-2 if name == "model_logits" else 1e-2) for name in errors}
     bad = [name for name, error in errors.items() if not error < limits[name]]

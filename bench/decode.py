@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from model_dirs import SHAPES, shape_model_dir
 from roofline import copy_bandwidth
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
 from tpserve.cuda_graph import CudaGraphCapture, DecodeGraphs
 from tpserve.distributed import TPGroup
+from tpserve.layers import fused_kernels, reference_ops
 from tpserve.protocol import Stop
 from tpserve.runner import ModelRunner
 from tpserve.testing.ranks import run_on_ranks
@@ -59,14 +59,9 @@ class Modes:
         self.graphs["graph"] = runner.graphs
         capture = CudaGraphCapture(group.device)
         # The same step with the torch reference ops instead of the fused kernels.
-        fused = [m for m in runner.model.modules() if getattr(m, "kernels", None) is not None]
-        if fused:
-            kernels = fused[0].kernels
-            for module in fused:
-                module.kernels = None
-            self.graphs["graph-unfused"] = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, group.device, max_bs, capture)
-            for module in fused:
-                module.kernels = kernels
+        if fused_kernels(group.device) is not None:
+            with reference_ops(runner.model):
+                self.graphs["graph-unfused"] = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, group.device, max_bs, capture)
         if group.world_size > 1 and group.small_all_reduce is not None:
             fast, group.small_all_reduce = group.small_all_reduce, None
             self.graphs["graph-nccl"] = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, group.device, max_bs, capture)
@@ -75,7 +70,7 @@ class Modes:
 
     def step(self, mode: str, plan: ForwardBatch) -> torch.Tensor:
         if mode == "eager":
-            return self.runner._forward_eager(plan)
+            return self.runner.forward_eager(plan)
         return self.graphs[mode].run(plan)
 
 
@@ -141,7 +136,7 @@ def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", type=Path, default=Path(__file__).parent / "shapes" / "llama-3.1-8b.json")
+    parser.add_argument("--shape", type=Path, default=SHAPES / "llama-3.1-8b.json")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--attn", default="fi")
     parser.add_argument("--batches", default="1,8,64,256")
@@ -150,9 +145,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(args.shape, Path(scratch) / "config.json")
-        rows = run_on_ranks(args.tp, "cuda", bench_rank, args, scratch)
+    with shape_model_dir(args.shape) as model_dir:
+        rows = run_on_ranks(args.tp, "cuda", bench_rank, args, str(model_dir))
     first = rows[0]
     print(f"device: {first['device']}; tp={args.tp}; copy bandwidth {first['copy_tb_s']:.2f} TB/s; "
           f"weights {first['weight_gb_per_rank']:.2f} GB per rank; context {args.context}")

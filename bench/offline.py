@@ -11,14 +11,15 @@ uniform in [min, max], ignore_eos so every request produces exactly its output l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from model_dirs import shape_model_dir
 from tpserve import LLM, SamplingParams
 from tpserve.testing.tiny_checkpoint import build_tiny_checkpoint
 
@@ -49,6 +50,12 @@ def make_workload(num_requests: int, min_len: int, max_len: int, vocab: int, see
     ]
 
 
+def fit_to_context(workload: list[tuple[list[int], int]], max_len: int) -> list[tuple[list[int], int]]:
+    """Trim prompts so prompt + output fits `max_len`; drop requests with no prompt left."""
+    fitted = [(p[: max_len - 1 - n] if len(p) + n >= max_len else p, n) for p, n in workload]
+    return [(p, n) for p, n in fitted if p]
+
+
 def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
     engine_flags = dict(
         tp=args.tp,
@@ -64,10 +71,9 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
     )
     with LLM(model_path, **engine_flags) as llm:
         vocab = llm.model_config.vocab_size
-        workload = make_workload(args.num_requests, args.min_len, args.max_len, vocab, args.seed)
-        max_len = llm.engine_info.max_model_len
-        workload = [(p[: max_len - 1 - n] if len(p) + n >= max_len else p, n) for p, n in workload]
-        workload = [(p, n) for p, n in workload if p]
+        workload = fit_to_context(
+            make_workload(args.num_requests, args.min_len, args.max_len, vocab, args.seed), llm.engine_info.max_model_len
+        )
         llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
         started = time.perf_counter()
         outputs = llm.generate(
@@ -161,13 +167,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
+    with contextlib.ExitStack() as stack:
         if args.shape:
-            (Path(scratch) / "shape").mkdir()
-            shutil.copy(args.shape, Path(scratch) / "shape" / "config.json")
             args.load_format = "dummy"
-            model_path = str(Path(scratch) / "shape")
+            model_path = str(stack.enter_context(shape_model_dir(args.shape)))
         else:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory())
             model_path = args.model or str(build_tiny_checkpoint(Path(scratch) / "tiny"))
         results = [run_tpserve(args, model_path)]
         if args.transformers:
@@ -186,7 +191,8 @@ def run_roofline(args: argparse.Namespace, model_path: str, measured: OfflineRes
     from tpserve.config import ModelConfig
 
     model = ModelConfig.from_dir(model_path)
-    lengths = [(len(p), n) for p, n in make_workload(args.num_requests, args.min_len, args.max_len, model.vocab_size, args.seed)]
+    workload = make_workload(args.num_requests, args.min_len, args.max_len, model.vocab_size, args.seed)
+    lengths = [(len(p), n) for p, n in fit_to_context(workload, args.context_length or model.max_position_embeddings)]
     bandwidth = copy_bandwidth(torch.device("cuda", 0))
     seconds = workload_roofline_s(lengths, model, bandwidth, args.tp)
     return OfflineResult("HBM roofline", args.tp, measured.requests, measured.input_tokens, measured.output_tokens, seconds)

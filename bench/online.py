@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from model_dirs import shape_model_dir
 from tpserve.launcher import free_port
+from tpserve.testing.health import wait_healthy
 
 
 def synthetic_tokenizer(out_dir: Path, vocab_size: int) -> None:
@@ -75,16 +76,18 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: 
     return trace
 
 
-async def run_level(base_url: str, concurrency: int, args: argparse.Namespace, vocab: int) -> dict:
+async def run_level(
+    base_url: str, concurrency: int, requests_per_client: int, input_len: int, output_len: int, vocab: int
+) -> dict:
     rng = random.Random(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
 
         async def client_loop() -> list[RequestTrace]:
             traces = []
-            for _ in range(args.requests_per_client):
-                prompt = [rng.randrange(2, vocab) for _ in range(args.input_len)]
-                traces.append(await one_request(client, prompt, args.output_len))
+            for _ in range(requests_per_client):
+                prompt = [rng.randrange(2, vocab) for _ in range(input_len)]
+                traces.append(await one_request(client, prompt, output_len))
             return traces
 
         started = time.perf_counter()
@@ -94,7 +97,7 @@ async def run_level(base_url: str, concurrency: int, args: argparse.Namespace, v
     ttft = sorted(t.ttft_s * 1e3 for t in traces)
     itl = sorted(g * 1e3 for t in traces for g in t.token_gaps_s)
     return {
-        "concurrency": concurrency, "requests": len(traces), "input_len": args.input_len, "output_len": args.output_len,
+        "concurrency": concurrency, "requests": len(traces), "input_len": input_len, "output_len": output_len,
         "seconds": elapsed, "output_tokens_per_s": sum(t.output_tokens for t in traces) / elapsed,
         **{f"ttft_p{p}_ms": percentile(ttft, p) for p in (50, 90, 99)},
         **{f"itl_p{p}_ms": percentile(itl, p) for p in (50, 90, 99)},
@@ -107,20 +110,6 @@ def percentile(sorted_values: list[float], p: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
     return sorted_values[index]
-
-
-def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode} before becoming healthy")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"server not healthy after {timeout_s:.0f}s")
 
 
 def main() -> None:
@@ -140,10 +129,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    with tempfile.TemporaryDirectory() as scratch:
+    with contextlib.ExitStack() as stack:
         if args.shape is not None:
-            model_dir = Path(scratch)
-            shutil.copy(args.shape, model_dir / "config.json")
+            model_dir = stack.enter_context(shape_model_dir(args.shape))
             synthetic_tokenizer(model_dir, json.loads(args.shape.read_text())["vocab_size"])
             extra = ["--load-format", "dummy"]
         else:
@@ -160,8 +148,9 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(base_url, server, args.startup_timeout)
-            asyncio.run(run_level(base_url, 1, argparse.Namespace(**{**vars(args), "requests_per_client": 1}), vocab))
-            rows = [asyncio.run(run_level(base_url, level, args, vocab)) for level in levels]
+            lengths = (args.input_len, args.output_len, vocab)
+            asyncio.run(run_level(base_url, 1, 1, *lengths))  # warm-up
+            rows = [asyncio.run(run_level(base_url, level, args.requests_per_client, *lengths)) for level in levels]
         finally:
             server.terminate()
             try:

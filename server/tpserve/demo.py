@@ -8,28 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import openai
 
 from .launcher import free_port
+from .testing.health import ServerNotHealthy, wait_healthy
 from .testing.tiny_checkpoint import build_tiny_checkpoint
 
 CHECKPOINT = Path(os.environ.get("TPSERVE_DEMO_MODEL", ".cache/tiny-llama"))
 HEALTH_TIMEOUT_S = 180
-
-
-def wait_healthy(url: str, server: subprocess.Popen[bytes]) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < HEALTH_TIMEOUT_S:
-        if server.poll() is not None:
-            raise SystemExit(f"demo: server exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"demo: server not healthy after {HEALTH_TIMEOUT_S}s")
 
 
 def main() -> None:
@@ -43,7 +29,10 @@ def main() -> None:
     print("demo: starting", " ".join(command[1:]))
     server = subprocess.Popen(command)
     try:
-        startup = wait_healthy(url, server)
+        try:
+            startup = wait_healthy(url, server, HEALTH_TIMEOUT_S)
+        except ServerNotHealthy as exc:
+            raise SystemExit(f"demo: {exc}") from exc
         print(f"demo: /health is 200 after {startup:.1f}s (both ranks ready, warm-up done)")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         started = time.monotonic()

@@ -12,7 +12,7 @@ import datetime
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 PLAN_CHANNEL_KEY = "tpserve/plan_channel"
 
 
+class SmallAllReduce(Protocol):
+    """A faster all-reduce for the messages it accepts (all_reduce.OneShotAllReduce)."""
+
+    def accepts(self, tensor: torch.Tensor) -> bool: ...
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class TPGroup:
     rank: int
@@ -30,7 +38,7 @@ class TPGroup:
     device: torch.device
     control: Any = None  # gloo ProcessGroup for pickled control messages
     # Optional fast path for small messages (see all_reduce.py); NCCL/gloo handles the rest.
-    small_all_reduce: Any = None
+    small_all_reduce: SmallAllReduce | None = None
     # Shared-memory channel for rank 0's broadcasts when every rank is on one node (plan_channel.py).
     plan_channel: SharedMemoryBroadcast | None = None
 

@@ -6,10 +6,12 @@ part of its parameters, so the loader can read exactly this rank's bytes and not
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -47,6 +49,22 @@ def fused_kernels(device: torch.device) -> ModuleType | None:
     if importlib.util.find_spec("flashinfer") is None:
         return None
     return importlib.import_module("flashinfer")
+
+
+@contextlib.contextmanager
+def reference_ops(model: nn.Module) -> Iterator[None]:
+    """Inside the block, `model` runs the torch reference ops instead of the fused kernels.
+
+    For comparisons (benchmarks, GPU checks); graphs captured inside keep the reference ops.
+    """
+    fused = [(m, m.kernels) for m in model.modules() if getattr(m, "kernels", None) is not None]
+    for module, _ in fused:
+        module.kernels = None
+    try:
+        yield
+    finally:
+        for module, kernels in fused:
+            module.kernels = kernels
 
 
 def split_range(total: int, parts: int, index: int) -> tuple[int, int]:

@@ -124,40 +124,36 @@ class ModelRunner:
         8B model where one step's activations were 0.2 GiB), so the whole capture is measured,
         then released; the real capture after the KV cache is allocated takes the same again.
         """
+        probe_graphs, used = self._measured_graphs(max_bs)
+        del probe_graphs
+        self.attention.release_graph_plans()  # they hold device memory, and were sized for the probe
+        gc.collect()
+        torch.cuda.empty_cache()
+        return int(used * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
+
+    def _measured_graphs(self, max_bs: int) -> tuple[DecodeGraphs, int]:
+        """Decode graphs over the attention backend's current cache, and the device bytes they took."""
         device = self.group.device
         gc.collect()
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(device)
-        probe_graphs = self._new_graphs(max_bs)
-        torch.cuda.synchronize(device)
-        free_after, _ = torch.cuda.mem_get_info(device)
-        del probe_graphs
-        self.attention.bind(self.attention.cache)  # drops the probe-sized graph plans
-        gc.collect()
-        torch.cuda.empty_cache()
-        return int((free_before - free_after) * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
-
-    def _new_graphs(self, max_bs: int) -> DecodeGraphs:
-        """Decode graphs over the attention backend's current cache."""
-        device = self.group.device
         try:
-            return DecodeGraphs(self.model, self.attention, self.attention.cache, device, max_bs, CudaGraphCapture(device))
+            graphs = DecodeGraphs(self.model, self.attention, self.attention.cache, device, max_bs, CudaGraphCapture(device))
         except torch.OutOfMemoryError as exc:
             raise ConfigError(
                 f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "
                 "--mem-fraction-static or --cuda-graph-max-bs, or pass --disable-cuda-graph"
             ) from exc
+        torch.cuda.synchronize(device)
+        free_after, _ = torch.cuda.mem_get_info(device)
+        return graphs, free_before - free_after
 
     def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
-        device = self.group.device
         started = time.monotonic()
-        free_before, _ = torch.cuda.mem_get_info(device)
-        graphs = self._new_graphs(max_bs)
-        free_after, _ = torch.cuda.mem_get_info(device)
+        graphs, used = self._measured_graphs(max_bs)
         log.info(
             "rank %d: captured %d decode CUDA graphs (batch 1..%d) in %.2fs using %.0f MiB (reserved %.0f MiB)",
-            self.group.rank, len(graphs.sizes), max_bs, time.monotonic() - started,
-            (free_before - free_after) / 2**20, reserved / 2**20,
+            self.group.rank, len(graphs.sizes), max_bs, time.monotonic() - started, used / 2**20, reserved / 2**20,
         )
         return graphs
 
@@ -168,9 +164,11 @@ class ModelRunner:
     def _agreed_num_pages(self, layout: ShardLayout, reserved_bytes: int) -> int:
         """Pages that fit the memory budget on every rank (all ranks must agree on one count)."""
         per_page = self._cache_shape(layout, num_pages=1).bytes_per_page(self.dtype)
-        # The probe cache is still resident; it is freed when the real one replaces it.
-        budget = self._kv_budget_bytes() - reserved_bytes + self.attention.cache.shape.num_pages * per_page
-        pages = max(0, budget // per_page)
+        # The probe cache (its page and the padding page) is still resident until the real one
+        # replaces it; the real one also allocates a padding page.
+        probe_bytes = (self.attention.cache.shape.num_pages + 1) * per_page
+        budget = self._kv_budget_bytes() - reserved_bytes + probe_bytes
+        pages = max(0, budget // per_page - 1)
         # Never more than every running request at full context could use.
         useful_tokens = self.max_model_len * self.max_running
         if self.config.max_total_tokens is not None:
@@ -197,9 +195,10 @@ class ModelRunner:
         """Run one step on this rank's shard; returns full-vocabulary logits of the sampled rows."""
         if self.graphs is not None and self.graphs.can_run(plan):
             return self.graphs.run(plan)
-        return self._forward_eager(plan)
+        return self.forward_eager(plan)
 
-    def _forward_eager(self, plan: ForwardBatch) -> torch.Tensor:
+    def forward_eager(self, plan: ForwardBatch) -> torch.Tensor:
+        """The step launched op by op (prefill steps, large batches, and comparisons)."""
         batch = DeviceBatch.build(plan, self.group.device)
         self.attention.plan(plan)
         return self.model(batch.token_ids, batch.positions, batch.sample_indices, self.attention)

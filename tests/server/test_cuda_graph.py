@@ -100,7 +100,7 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
         cache_before = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
         replayed = graphs.run(decode).clone()
         cache_after_replay = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
-        eager = runner._forward_eager(decode)
+        eager = runner.forward_eager(decode)
         assert replayed.shape == eager.shape == (batch_size, runner.model_config.vocab_size)
         torch.testing.assert_close(replayed, eager, rtol=1e-9, atol=1e-9)
         # The replay wrote exactly the real rows' new K/V (float64: padding changes only summation order).
@@ -161,3 +161,17 @@ def test_small_all_reduce_fast_path_is_taken_only_for_what_it_accepts() -> None:
     assert group.small_all_reduce.calls == 1
     single = TPGroup(rank=0, world_size=1, device=torch.device("cpu"), small_all_reduce=Recorder())
     assert torch.equal(single.all_reduce(torch.ones(4)), torch.ones(4)) and single.small_all_reduce.calls == 0
+
+
+def test_reference_ops_switch_fused_kernels_off_only_inside_the_block(runner: ModelRunner) -> None:
+    from tpserve.layers import reference_ops
+
+    norm = runner.model.layers[0].input_layernorm
+    marker = object()
+    norm.kernels = marker  # as on CUDA with flashinfer
+    try:
+        with reference_ops(runner.model):
+            assert norm.kernels is None
+        assert norm.kernels is marker
+    finally:
+        norm.kernels = None

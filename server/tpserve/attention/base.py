@@ -31,6 +31,10 @@ class AttentionBackend(ABC):
     def bind(self, cache: PagedKVCache) -> None:
         """Use `cache` from now on (the real cache replaces the probe used to size it)."""
         self.cache = cache
+        self.release_graph_plans()
+
+    def release_graph_plans(self) -> None:
+        """Forget the per-batch-size plans made for captured graphs (and the memory they hold)."""
 
     @abstractmethod
     def plan(self, batch: ForwardBatch) -> None:

@@ -40,9 +40,8 @@ class FlashInferPagedAttention(AttentionBackend):
         self._graph_indices = torch.empty(0, dtype=torch.int32, device=device)
         self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=device)
 
-    def bind(self, cache: PagedKVCache) -> None:
-        super().bind(cache)
-        # Graph-mode plans are sized by the cache's page count: rebuild them for the new cache.
+    def release_graph_plans(self) -> None:
+        # Graph-mode plans are sized by the cache's page count: a new cache needs new ones.
         self._graph_wrappers.clear()
         self._graph_indptr = self._graph_indices = self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=self.device)
 
@@ -90,18 +89,18 @@ class FlashInferPagedAttention(AttentionBackend):
 
     def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
         kv_indptr, kv_indices, kv_last = self._page_metadata(batch)
-        wrapper = self._graph_wrapper(batch.num_seqs, max_indices=len(kv_indices))
+        wrapper = self._graph_wrapper(batch.num_seqs)
         wrapper.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())
         self._slots = slots
         self._decode_only = True
         self._active_decode = wrapper
 
-    def _graph_wrapper(self, batch_size: int, max_indices: int) -> flashinfer.BatchDecodeWithPagedKVCacheWrapper:
+    def _graph_wrapper(self, batch_size: int) -> flashinfer.BatchDecodeWithPagedKVCacheWrapper:
         wrapper = self._graph_wrappers.get(batch_size)
         if wrapper is not None:
             return wrapper
         # A decode batch reads each cache page at most once, plus one padding page per row.
-        needed_indices = max(self.cache.shape.num_pages + batch_size + 1, max_indices)
+        needed_indices = self.cache.shape.num_pages + batch_size
         if len(self._graph_indptr) < batch_size + 1 or len(self._graph_indices) < needed_indices:
             if self._graph_wrappers:
                 raise RuntimeError("capture the largest decode graph first: its buffers are shared")

@@ -22,6 +22,9 @@ class PrefillDecodeSplit(AttentionBackend):
         self.prefill.bind(cache)
         self.decode.bind(cache)
 
+    def release_graph_plans(self) -> None:
+        self.decode.release_graph_plans()
+
     def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
         self._active = self.decode
         self.decode.plan_graph_decode(batch, slots)
