@@ -10,13 +10,13 @@ import os
 
 import kopf
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import handlers  # importing registers the handlers
 
 
 def main() -> None:
     level = os.environ.get("TPSERVE_LOG_LEVEL", "info").lower()
     kopf.configure(debug=level == "debug", verbose=level == "debug", quiet=level in ("warning", "error"))
-    namespaces = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
+    namespaces = handlers.watch_namespaces()
     port = int(os.environ.get("LIVENESS_PORT", "8080"))
     kopf.run(
         standalone=True,

@@ -85,6 +85,11 @@ async def on_spec(body: kopf.Body, **_: Any) -> None:
     await _reconcile(body)
 
 
+def watch_namespaces() -> list[str]:
+    """WATCH_NAMESPACES as a list; empty means every namespace."""
+    return [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
+
+
 async def _resync_forever(namespaces: list[str]) -> None:
     """Re-judge every service on a short period: backoffs expire and missed events heal.
 
@@ -107,8 +112,7 @@ async def _resync_forever(namespaces: list[str]) -> None:
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    namespaces = [ns.strip() for ns in os.environ.get("WATCH_NAMESPACES", "").split(",") if ns.strip()]
-    memo["resync"] = asyncio.create_task(_resync_forever(namespaces))
+    memo["resync"] = asyncio.create_task(_resync_forever(watch_namespaces()))
 
 
 @kopf.on.cleanup()
