@@ -9,10 +9,12 @@ the step ends when rank 0's logits are ready. Modes, all on the same weights and
   graph-nccl  (tp > 1) graphs captured with every all-reduce on NCCL (--disable-custom-all-reduce).
 The roofline is the bytes a step must read on one rank (its weight shard once, plus its share of
 the batch's KV cache) over the device-copy bandwidth measured in the same run. Prints a table and
-writes JSON.
+writes JSON. `--profile graph:1` also splits that step (mode:batch) into kernel time by kind and
+idle time, from torch.profiler on rank 0.
 
     python bench/decode.py --shape bench/shapes/llama-3.1-8b.json --tp 1 --json decode-tp1.json
     python bench/decode.py --tp 2 --json decode-tp2.json      # on 2 GPUs
+    python bench/decode.py --batches 1 --profile graph:1,eager:1
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 from model_dirs import SHAPES, shape_model_dir
+from kernel_profile import profile_step
 from roofline import copy_bandwidth
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
@@ -93,7 +96,32 @@ def time_steps(group: TPGroup, modes: Modes, mode: str, plan: ForwardBatch, iter
     return statistics.median(times), statistics.median(host)
 
 
-def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> list[dict]:
+def profile_targets(spec: str) -> list[tuple[str, int]]:
+    """"graph:1,eager:8" -> [("graph", 1), ("eager", 8)]."""
+    targets = []
+    for item in filter(None, spec.split(",")):
+        mode, _, batch = item.partition(":")
+        targets.append((mode, int(batch or 1)))
+    return targets
+
+
+def profile_rank0(group: TPGroup, modes: Modes, args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    profiles = []
+    for mode, batch in profile_targets(args.profile):
+        [timed] = [r for r in rows if (r["mode"], r["batch"]) == (mode, batch)]
+        plan = decode_batch(batch, args.context, args.page_size, modes.runner.model_config.vocab_size)
+
+        def step() -> None:
+            group.broadcast_object((mode, plan))
+            modes.step(mode, plan)
+            torch.cuda.synchronize()
+
+        result = profile_step(step, timed["step_ms"])
+        profiles.append({"mode": mode, "batch": batch, "tp": group.world_size, "table": result.table(), **result.as_json()})
+    return profiles
+
+
+def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> tuple[list[dict], list[dict]]:
     logging.basicConfig(level="INFO", format="%(message)s")  # the runner logs its graph memory
     batches = [int(b) for b in args.batches.split(",")]
     config = EngineConfig(
@@ -110,7 +138,7 @@ def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> list
         while True:
             message = group.broadcast_object(None)
             if isinstance(message, Stop):
-                return []
+                return [], []
             modes.step(*message)
     device = group.device
     bandwidth = copy_bandwidth(device)
@@ -130,8 +158,9 @@ def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> list
                 "custom_all_reduce": group.small_all_reduce is not None and mode != "graph-nccl",
                 "device": torch.cuda.get_device_name(device),
             })
+    profiles = profile_rank0(group, modes, args, rows)
     group.broadcast_object(Stop())
-    return rows
+    return rows, profiles
 
 
 def main() -> None:
@@ -143,18 +172,24 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024, help="tokens already in each sequence's KV cache")
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--profile", default="", help="mode:batch pairs to split into kernel kinds, e.g. graph:1")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    for mode, batch in profile_targets(args.profile):
+        if str(batch) not in args.batches.split(","):
+            parser.error(f"--profile {mode}:{batch}: batch {batch} is not in --batches {args.batches}")
     with shape_model_dir(args.shape) as model_dir:
-        rows = run_on_ranks(args.tp, "cuda", bench_rank, args, str(model_dir))
+        rows, profiles = run_on_ranks(args.tp, "cuda", bench_rank, args, str(model_dir))
     first = rows[0]
     print(f"device: {first['device']}; tp={args.tp}; copy bandwidth {first['copy_tb_s']:.2f} TB/s; "
           f"weights {first['weight_gb_per_rank']:.2f} GB per rank; context {args.context}")
     print(f"{'mode':<14}{'batch':>6}{'step ms':>10}{'host ms':>9}{'roofline ms':>13}{'x roofline':>12}")
     for r in rows:
         print(f"{r['mode']:<14}{r['batch']:>6}{r['step_ms']:>10.2f}{r['host_ms']:>9.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}")
+    for p in profiles:
+        print(f"\nprofile: tp={p['tp']} {p['mode']} batch {p['batch']}, per step (rank 0)\n{p['table']}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"steps": rows, "profiles": profiles} if profiles else rows, indent=2))
 
 
 if __name__ == "__main__":
