@@ -1,7 +1,8 @@
 """GPU check: the fused flashinfer kernels equal the torch reference ops they replace (bf16).
 
 Each op runs both ways on fresh random inputs (non-contiguous q/k views, as the model passes
-them): RMSNorm, the fused residual add + RMSNorm, rotary (llama3 scaling), SiLU-and-multiply.
+them): RMSNorm, the fused residual add + RMSNorm, q/k RMSNorm on a strided slice, rotary (llama3 scaling),
+SiLU-and-multiply; and the one-kernel K/V cache write equals two separate writes.
 Then a whole decoder (dummy weights, torch attention) computes logits with the fused kernels
 and with the reference ops. Relative norm errors must stay within bf16 rounding. Exits non-zero
 on any mismatch.
@@ -20,6 +21,7 @@ from model_dirs import SHAPES, shape_model_dir
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig, RopeConfig
 from tpserve.distributed import TPGroup
+from tpserve.kv_cache import KVCacheShape, PagedKVCache
 from tpserve.layers import RMSNorm, RotaryEmbedding, reference_ops
 from tpserve.runner import ModelRunner
 
@@ -55,10 +57,29 @@ def check_ops() -> dict[str, float]:
     q_fused, k_fused = rotary(positions, q, k)
     errors["rope_q"], errors["rope_k"] = rel(q_fused, q_ref), rel(k_fused, k_ref)
 
+    head_norm = RMSNorm(128, 1e-6, DTYPE, DEVICE)  # Qwen3's q/k norm, on the strided q slice
+    head_norm.weight.normal_()
+    q_view = torch.randn_like(qkv).split([32 * 128, 16 * 128], dim=-1)[0].view(37, 32, 128)
+    errors["qk_rmsnorm"] = rel(head_norm(q_view), head_norm._reference(q_view))
+
     gate_up = torch.randn(37, 2 * 7168, dtype=DTYPE, device=DEVICE)
     gate, up = gate_up.split(7168, dim=-1)
     errors["silu_and_mul"] = rel(norm.kernels.activation.silu_and_mul(gate_up), F.silu(gate) * up)
     return errors
+
+
+def check_kv_write() -> None:
+    """k and v as slices of one QKV output go into the cache in one write: same cache as two."""
+    shape = KVCacheShape(num_layers=1, num_pages=64, page_size=16, num_kv_heads=8, head_dim=128)
+    one, two = (PagedKVCache(shape, DTYPE, DEVICE) for _ in range(2))
+    qkv = torch.randn(37, (32 + 8 + 8) * 128, dtype=DTYPE, device=DEVICE)
+    _, k, v = (t.view(37, -1, 128) for t in qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1))
+    flat = torch.randperm(65 * 16, device=DEVICE)[:37]  # distinct slots, the padding page included
+    slots = (flat // 16, flat % 16)
+    one.write(0, slots, k, v)
+    two.write(0, slots, k.clone(), v.clone())
+    if not torch.equal(one.layers[0], two.layers[0]):
+        raise SystemExit("FAIL: the one-write K/V path stores different values")
 
 
 def check_model(shape: Path) -> float:
@@ -77,6 +98,7 @@ def check_model(shape: Path) -> float:
 
 def main() -> None:
     errors = check_ops()
+    check_kv_write()
     errors["model_logits"] = check_model(SHAPES / "qwen3-0.6b.json")
     print(json.dumps(errors, indent=2))
     limits = {name: (5e-2 if name == "model_logits" else 1e-2) for name in errors}

@@ -44,6 +44,7 @@ class PagedKVCache:
             torch.zeros(shape.num_pages + 1, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
+        self._k_and_v = torch.arange(2, device=device)  # indexes the K/V axis of a layer in one write
 
     def slots_for(self, batch: "ForwardBatch") -> tuple[torch.Tensor, torch.Tensor]:
         """Device index tensors of the step's K/V slots: built once per step, used by every layer."""
@@ -55,9 +56,30 @@ class PagedKVCache:
         )
 
     def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store this step's k and v ([tokens, kv_heads, head_dim]) at their slots.
+
+        k and v usually are two slices of one fused QKV output: then both go in with one
+        indexed write (one kernel instead of two, 32-64 fewer per decode step).
+        """
         pages, offsets = slots
+        pair = _as_pair(k, v)
+        if pair is not None:
+            self.layers[layer][pages[:, None], self._k_and_v, offsets[:, None]] = pair
+            return
         self.layers[layer][pages, 0, offsets] = k
         self.layers[layer][pages, 1, offsets] = v
+
+
+def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """A [tokens, 2, ...] view of k and v when v lies at a fixed distance after k in one buffer."""
+    if k.shape != v.shape or k.stride() != v.stride() or k.dtype != v.dtype:
+        return None
+    if k.untyped_storage().data_ptr() != v.untyped_storage().data_ptr():
+        return None
+    distance = v.storage_offset() - k.storage_offset()
+    if distance <= 0:
+        return None
+    return k.as_strided((k.shape[0], 2, *k.shape[1:]), (k.stride(0), distance, *k.stride()[1:]))
 
 
 class OutOfPages(RuntimeError):

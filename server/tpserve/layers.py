@@ -184,7 +184,12 @@ class RMSNorm(nn.Module):
         self.kernels = fused_kernels(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels is not None and x.is_contiguous():
+        """norm(x) over the last axis of x: [tokens, size] or, for q/k norms, [tokens, heads, size].
+
+        The fused kernel also takes the per-head q/k slices of a fused QKV output as they are
+        (strided rows and heads), which saves a copy per norm.
+        """
+        if self.kernels is not None and (x.is_contiguous() or (x.dim() == 3 and x.stride(-1) == 1)):
             return self.kernels.norm.rmsnorm(x, self.weight, self.eps)
         return self._reference(x)
 
