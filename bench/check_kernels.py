@@ -75,7 +75,7 @@ def check_kv_write() -> None:
     qkv = torch.randn(37, (32 + 8 + 8) * 128, dtype=DTYPE, device=DEVICE)
     _, k, v = (t.view(37, -1, 128) for t in qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1))
     flat = torch.randperm(65 * 16, device=DEVICE)[:37]  # distinct slots, the padding page included
-    slots = (flat // 16, flat % 16)
+    slots = torch.tensor(one.slot_rows((flat // 16).tolist(), (flat % 16).tolist()), device=DEVICE).view(-1, 2)
     one.write(0, slots, k, v)
     two.write(0, slots, k.clone(), v.clone())
     if not torch.equal(one.layers[0], two.layers[0]):

@@ -6,7 +6,7 @@ shapes and addresses, so:
 - batch sizes are captured at startup for 1, 2, 4, 8, 16, 24, ... up to --cuda-graph-max-bs, and
   a step runs on the smallest captured size that fits, padded with rows that read and write only
   the KV cache's padding page;
-- every input lives in one static buffer ([4, max_bs]: token ids, positions, K/V page and offset)
+- every input lives in one static buffer (token ids, positions, then each token's K and V slot)
   that is filled with one host-to-device copy per step, and the attention backend keeps its page
   metadata in static buffers too (`plan_graph_decode`);
 - all graphs share one memory pool, captured largest first, so they cost about one step's
@@ -106,8 +106,12 @@ class DecodeGraphs:
         self.cache = cache
         self.sizes = graph_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
-        # Rows: token ids, positions, K/V page, offset in page.
-        self.inputs = torch.zeros(4, self.max_bs, dtype=torch.int64, device=device)
+        # [token ids (max_bs) | positions (max_bs) | K/V slot rows (max_bs x 2)]: a step of n
+        # sequences fills the first 2 * max_bs + 2 * n entries with one copy.
+        self.inputs = torch.zeros(4 * self.max_bs, dtype=torch.int64, device=device)
+        self.token_ids = self.inputs[: self.max_bs]
+        self.positions = self.inputs[self.max_bs : 2 * self.max_bs]
+        self.slots = self.inputs[2 * self.max_bs :].view(self.max_bs, 2)
         self.sample_indices = torch.arange(self.max_bs, dtype=torch.int64, device=device)
         self.captured: dict[int, _CapturedSize] = {}
         for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
@@ -131,15 +135,15 @@ class DecodeGraphs:
 
     def _stage(self, padded: ForwardBatch) -> None:
         """Copy a padded batch into the static inputs and plan attention over them."""
-        size = padded.num_seqs
-        pages, offsets = padded.kv_write_slots(self.cache.shape.page_size)
-        host = torch.tensor([padded.token_ids, padded.positions(), pages, offsets], dtype=torch.int64)
-        self.inputs[:, :size].copy_(host, non_blocking=True)
-        self.attention.plan_graph_decode(padded, (self.inputs[2, :size], self.inputs[3, :size]))
+        size, gap = padded.num_seqs, [0] * (self.max_bs - padded.num_seqs)
+        slots = self.cache.slot_rows(*padded.kv_write_slots(self.cache.shape.page_size))
+        host = torch.tensor(padded.token_ids + gap + padded.positions() + gap + slots, dtype=torch.int64)
+        self.inputs[: len(host)].copy_(host, non_blocking=True)
+        self.attention.plan_graph_decode(padded, self.slots[:size])
 
     def _step_fn(self, size: int) -> StepFn:
         def step() -> torch.Tensor:
-            return self.model(self.inputs[0, :size], self.inputs[1, :size], self.sample_indices[:size], self.attention)
+            return self.model(self.token_ids[:size], self.positions[:size], self.sample_indices[:size], self.attention)
 
         return step
 

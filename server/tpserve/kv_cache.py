@@ -44,30 +44,39 @@ class PagedKVCache:
             torch.zeros(shape.num_pages + 1, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
-        self._k_and_v = torch.arange(2, device=device)  # indexes the K/V axis of a layer in one write
 
-    def slots_for(self, batch: "ForwardBatch") -> tuple[torch.Tensor, torch.Tensor]:
-        """Device index tensors of the step's K/V slots: built once per step, used by every layer."""
-        pages, offsets = batch.kv_write_slots(self.shape.page_size)
+    def slot_rows(self, pages: list[int], offsets: list[int]) -> list[int]:
+        """Host-side slots for tokens at (page, offset): per token its K row then its V row.
+
+        Rows index a layer seen as [(num_pages + 1) * 2 * page_size, kv_heads, head_dim], so one
+        write can store K and V of every token (see `write`).
+        """
+        page_size = self.shape.page_size
+        rows: list[int] = []
+        for page, offset in zip(pages, offsets):
+            k_row = page * 2 * page_size + offset
+            rows += (k_row, k_row + page_size)
+        return rows
+
+    def slots_for(self, batch: "ForwardBatch") -> torch.Tensor:
+        """The step's K/V slots, [tokens, 2] on the device: built once per step, used by every layer."""
+        rows = self.slot_rows(*batch.kv_write_slots(self.shape.page_size))
         device = self.layers[0].device
-        return (
-            torch.tensor(pages, dtype=torch.int64).to(device, non_blocking=True),
-            torch.tensor(offsets, dtype=torch.int64).to(device, non_blocking=True),
-        )
+        return torch.tensor(rows, dtype=torch.int64).view(-1, 2).to(device, non_blocking=True)
 
-    def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store this step's k and v ([tokens, kv_heads, head_dim]) at their slots.
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store this step's k and v ([tokens, kv_heads, head_dim]) at their `slots` rows.
 
         k and v usually are two slices of one fused QKV output: then both go in with one
-        indexed write (one kernel instead of two, 32-64 fewer per decode step).
+        indexed write (one kernel instead of two per layer).
         """
-        pages, offsets = slots
+        rows = self.layers[layer].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
         pair = _as_pair(k, v)
         if pair is not None:
-            self.layers[layer][pages[:, None], self._k_and_v, offsets[:, None]] = pair
+            rows[slots] = pair
             return
-        self.layers[layer][pages, 0, offsets] = k
-        self.layers[layer][pages, 1, offsets] = v
+        rows[slots[:, 0]] = k
+        rows[slots[:, 1]] = v
 
 
 def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:

@@ -17,11 +17,15 @@ def fused_qkv_slices(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return k.view(tokens, SHAPE.num_kv_heads, SHAPE.head_dim), v.view(tokens, SHAPE.num_kv_heads, SHAPE.head_dim)
 
 
+def slots(cache: PagedKVCache, pages: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(cache.slot_rows(pages.tolist(), offsets.tolist())).view(-1, 2)
+
+
 def test_each_token_lands_at_its_slot_from_fused_qkv_slices() -> None:
     cache = PagedKVCache(SHAPE, torch.float32, torch.device("cpu"))
     k, v = fused_qkv_slices(5)
     pages, offsets = torch.tensor([3, 3, 0, 5, SHAPE.num_pages]), torch.tensor([1, 2, 3, 0, 0])
-    cache.write(1, (pages, offsets), k, v)
+    cache.write(1, slots(cache, pages, offsets), k, v)
     for token, (page, offset) in enumerate(zip(pages.tolist(), offsets.tolist())):
         assert torch.equal(cache.layers[1][page, 0, offset], k[token])
         assert torch.equal(cache.layers[1][page, 1, offset], v[token])
@@ -35,12 +39,12 @@ def test_fused_slices_and_separate_tensors_store_the_same_cache() -> None:
     fused, separate = (PagedKVCache(SHAPE, torch.float32, torch.device("cpu")) for _ in range(2))
     k, v = fused_qkv_slices(7)
     flat = torch.randperm(SHAPE.num_pages * SHAPE.page_size)[:7]
-    slots = (flat // SHAPE.page_size, flat % SHAPE.page_size)
-    fused.write(0, slots, k, v)
-    separate.write(0, slots, k.clone(), v.clone())  # two unrelated tensors: two writes
+    where = slots(fused, flat // SHAPE.page_size, flat % SHAPE.page_size)
+    fused.write(0, where, k, v)
+    separate.write(0, where, k.clone(), v.clone())  # two unrelated tensors: two writes
     assert torch.equal(fused.layers[0], separate.layers[0])
     # v before k in memory, or k and v of different layouts, must not be mistaken for a pair.
     swapped = PagedKVCache(SHAPE, torch.float32, torch.device("cpu"))
-    swapped.write(0, slots, v, k)
+    swapped.write(0, where, v, k)
     assert torch.equal(swapped.layers[0][:, 0], separate.layers[0][:, 1])
     assert torch.equal(swapped.layers[0][:, 1], separate.layers[0][:, 0])

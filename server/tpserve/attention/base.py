@@ -40,10 +40,11 @@ class AttentionBackend(ABC):
     def plan(self, batch: ForwardBatch) -> None:
         """Prepare per-step metadata (index tensors, kernel plans) shared by all layers."""
 
-    def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
         """Plan a decode-only step of a captured batch size whose K/V slots live in `slots`.
 
-        `slots` are the graph's static (page, offset) tensors, already filled for `batch`.
+        `slots` is the graph's static [batch, 2] slot tensor (`PagedKVCache.slots_for`), already
+        filled for `batch`.
         The default plans as usual and then reads the static slots; backends that can be
         captured keep their own metadata in static buffers as well.
         """

@@ -87,7 +87,7 @@ class FlashInferPagedAttention(AttentionBackend):
                 head_dim_qk=self.shape.head_dim, causal=True, **self._plan_args(),
             )
 
-    def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
         kv_indptr, kv_indices, kv_last = self._page_metadata(batch)
         wrapper = self._graph_wrapper(batch.num_seqs)
         wrapper.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())

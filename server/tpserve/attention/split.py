@@ -25,7 +25,7 @@ class PrefillDecodeSplit(AttentionBackend):
     def release_graph_plans(self) -> None:
         self.decode.release_graph_plans()
 
-    def plan_graph_decode(self, batch: ForwardBatch, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
         self._active = self.decode
         self.decode.plan_graph_decode(batch, slots)
 
