@@ -5,7 +5,8 @@
 #   checks    GPU checks of the current server: fused kernels and K/V write, flashinfer against
 #             the torch backend, graph replay against eager decode at tp=1;
 #   checks2   graph replay against eager decode at tp=2 (2 GPUs);
-#   decode1   decode steps at tp=1 for both (Llama-3.1-8B shape), kernel profile of the current one;
+#   decode1   decode steps at tp=1 for both (Llama-3.1-8B shape), two alternating rounds, with a
+#             kernel profile of the current one;
 #   decode2   the same at tp=2 (2 GPUs);
 #   offline   the offline workload at tp=1 for both (Qwen3-0.6B and Llama-3.1-8B shapes).
 # Usage (on the GPU machine, wheels in .whl/): bash bench/gpu_before_after.sh BASELINE OUT PART...
@@ -16,10 +17,12 @@ export PYTHONUNBUFFERED=1
 current() { PYTHONPATH=/tmp/site:$PWD/server "$@"; }
 before() { PYTHONPATH=/tmp/site:$baseline "$@"; }
 step() { local name=$1 who=$2; shift 2; echo "== $name: $*"; local t0=$SECONDS; $who timeout "$@" > "$out/$name.log" 2>&1; local rc=$?; grep -v "^\[W\|INFO\|UserWarning\|_warn_once" "$out/$name.log" | tail -n 32; echo "== $name rc=$rc $((SECONDS - t0))s"; }
-decode() {
+decode() {  # two rounds, alternating: the host part of a step varies from process to process
     local tp=$1
-    step decode_tp${tp}_before before 90 python3 bench/decode.py --tp $tp --batches 1,8 --json "$out/decode_tp${tp}_before.json"
-    step decode_tp${tp}_after current 90 python3 bench/decode.py --tp $tp --batches 1,8 --profile graph:1 --json "$out/decode_tp${tp}_after.json"
+    for round in 1 2; do
+        step decode_tp${tp}_before_$round before 90 python3 bench/decode.py --tp $tp --batches 1,8 --json "$out/decode_tp${tp}_before_$round.json"
+        step decode_tp${tp}_after_$round current 90 python3 bench/decode.py --tp $tp --batches 1,8 --profile graph:1 --json "$out/decode_tp${tp}_after_$round.json"
+    done
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for part in "$@"; do
