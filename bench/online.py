@@ -6,8 +6,14 @@ level runs that many clients, each sending `--requests-per-client` streaming com
 another (random token-id prompts, ignore_eos, fixed output length). Reports TTFT and inter-token
 latency percentiles and output tokens/s. Prints a table and writes JSON.
 
+`--nnodes N` starts the group as N node processes on this machine (rendezvous on 127.0.0.1; on
+CUDA each node sees its own tp/N GPUs through CUDA_VISIBLE_DEVICES), the way N hosts would run it.
+`--greedy-prompts K` first records the greedy completions of K fixed prompts (in the JSON), so two
+runs, e.g. one node against two, can be compared token for token.
+
     python bench/online.py --shape bench/shapes/llama-3.1-8b.json --concurrency 1,16,64 --json online.json
     python bench/online.py --model /path/to/tiny --device cpu --concurrency 1,4 --input-len 16 --output-len 8
+    python bench/online.py --shape bench/shapes/qwen3-32b.json --tp 4 --nnodes 2 --greedy-prompts 8 --concurrency 16
 """
 
 from __future__ import annotations
@@ -105,6 +111,42 @@ async def run_level(
     }
 
 
+def greedy_completions(base_url: str, count: int, vocab: int, max_prompt: int, max_tokens: int) -> list[str]:
+    """Greedy completions of `count` fixed random prompts (the same prompts in every run)."""
+    rng = random.Random(1234)
+    outputs = []
+    with httpx.Client(base_url=base_url, timeout=600.0) as client:
+        for _ in range(count):
+            prompt = [rng.randrange(2, vocab) for _ in range(rng.randint(max(1, max_prompt // 2), max_prompt))]
+            response = client.post("/v1/completions", json={
+                "model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            })
+            response.raise_for_status()
+            outputs.append(response.json()["choices"][0]["text"])
+    return outputs
+
+
+def start_nodes(args: argparse.Namespace, model_dir: Path, extra: list[str], log: object) -> tuple[str, list[subprocess.Popen]]:
+    """The server's node processes; returns node 0's URL (the one that serves the API) and them all."""
+    ports = [free_port() for _ in range(args.nnodes)]
+    common = [
+        sys.executable, "-m", "tpserve", "--model", str(model_dir), "--tp", str(args.tp), "--device", args.device,
+        "--host", "127.0.0.1", "--served-model-name", "bench", "--context-length", str(args.input_len + args.output_len + 16),
+        *extra, *args.server_args.split(),
+    ]
+    if args.nnodes > 1:
+        common += ["--nnodes", str(args.nnodes), "--dist-init-addr", f"127.0.0.1:{free_port()}"]
+    per_node = args.tp // args.nnodes
+    nodes = []
+    for node, port in enumerate(ports):
+        env = os.environ.copy()
+        if args.nnodes > 1 and args.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(node * per_node + i) for i in range(per_node))
+        node_flags = ["--node-rank", str(node)] if args.nnodes > 1 else []
+        nodes.append(subprocess.Popen([*common, "--port", str(port), *node_flags], stdout=log, stderr=subprocess.STDOUT, env=env))
+    return f"http://127.0.0.1:{ports[0]}", nodes
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -118,6 +160,8 @@ def main() -> None:
     source.add_argument("--model", type=Path, help="a model directory with weights and tokenizer")
     source.add_argument("--shape", type=Path, help="a config.json: dummy weights, synthetic tokenizer")
     parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--nnodes", type=int, default=1, help="run the group as this many node processes")
+    parser.add_argument("--greedy-prompts", type=int, default=0, metavar="K", help="record greedy completions of K fixed prompts")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--requests-per-client", type=int, default=2)
@@ -137,34 +181,31 @@ def main() -> None:
         else:
             model_dir, extra = args.model, []
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-        port = free_port()
-        command = [
-            sys.executable, "-m", "tpserve", "--model", str(model_dir), "--tp", str(args.tp), "--device", args.device,
-            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "bench", "--context-length", str(args.input_len + args.output_len + 16),
-            *extra, *args.server_args.split(),
-        ]
         log = open(args.log, "w") if args.log else subprocess.DEVNULL
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        base_url = f"http://127.0.0.1:{port}"
+        base_url, nodes = start_nodes(args, model_dir, extra, log)
         try:
-            wait_healthy(base_url, server, args.startup_timeout)
+            wait_healthy(base_url, nodes[0], args.startup_timeout)
+            greedy = greedy_completions(base_url, args.greedy_prompts, vocab, args.input_len, min(32, args.output_len))
             lengths = (args.input_len, args.output_len, vocab)
             asyncio.run(run_level(base_url, 1, 1, *lengths))  # warm-up
             rows = [asyncio.run(run_level(base_url, level, args.requests_per_client, *lengths)) for level in levels]
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-    print(f"online, tp={args.tp}, input {args.input_len}, output {args.output_len} tokens, "
+            for node in reversed(nodes):
+                node.terminate()
+            for node in nodes:
+                try:
+                    node.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    node.kill()
+    print(f"online, tp={args.tp}, nnodes={args.nnodes}, input {args.input_len}, output {args.output_len} tokens, "
           f"{args.requests_per_client} requests per client")
     print(f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)")
     for r in rows:
         print(f"{r['concurrency']:>8}{r['output_tokens_per_s']:>11.1f}{r['ttft_p50_ms']:>10.1f}{r['ttft_p90_ms']:>8.1f}"
               f"{r['ttft_p99_ms']:>8.1f}{r['itl_p50_ms']:>9.2f}{r['itl_p90_ms']:>8.2f}{r['itl_p99_ms']:>8.2f}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        result = {"tp": args.tp, "nnodes": args.nnodes, "levels": rows, "greedy": greedy} if args.greedy_prompts else rows
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -42,3 +42,22 @@ def test_online_bench_streams_through_the_http_api(tmp_path: Path, tiny_checkpoi
     for level in (single, crowd):
         assert level["output_tokens_per_s"] * level["seconds"] == pytest.approx(level["requests"] * 6)
         assert 0 < level["ttft_p50_ms"] <= level["ttft_p99_ms"] and 0 < level["itl_p50_ms"] <= level["itl_p99_ms"]
+
+
+def test_online_bench_runs_a_group_as_two_nodes_with_the_same_greedy_output(tmp_path: Path, tiny_checkpoint) -> None:
+    results = {}
+    for nnodes in (1, 2):
+        out = tmp_path / f"nodes{nnodes}.json"
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "online.py"), "--model", str(tiny_checkpoint("llama")), "--device", "cpu",
+             "--tp", "2", "--nnodes", str(nnodes), "--greedy-prompts", "2", "--concurrency", "2",
+             "--requests-per-client", "1", "--input-len", "8", "--output-len", "4", "--json", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"nnodes={nnodes}" in proc.stdout
+        results[nnodes] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert (two["tp"], two["nnodes"]) == (2, 2) and two["levels"][0]["requests"] == 2
+    assert len(one["greedy"]) == 2 and all(one["greedy"])
+    assert two["greedy"] == one["greedy"]
