@@ -15,7 +15,7 @@ S=bench/shapes/qwen3-32b.json
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
 step decode_tp4 100 python3 bench/decode.py --shape $S --tp 4 --batches 1,8 --json "$out/decode_tp4.json"
 ON="--shape $S --tp 4 --concurrency 1,64 --requests-per-client 1 --greedy-prompts 4"
-step online_tp4 170 python3 bench/online.py $ON --server-args --disable-custom-all-reduce --json "$out/online_tp4.json"
+step online_tp4 170 python3 bench/online.py $ON --server-args=--disable-custom-all-reduce --json "$out/online_tp4.json"
 step online_tp4_2nodes 100 python3 bench/online.py $ON --nnodes 2 --json "$out/online_tp4_2nodes.json"
 step offline_tp4 90 python3 bench/offline.py --shape $S --tp 4 --device cuda --dtype bfloat16 --attn fi --context-length 2100 \
     --num-requests 256 --min-len 100 --max-len 1024 --json "$out/offline_tp4.json"
