@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tpserve.launcher import free_port
+from tpserve.testing.health import ServerNotHealthy, wait_healthy
 
 
 class ServerProcess:
@@ -37,15 +38,10 @@ class ServerProcess:
             return None
 
     def wait_healthy(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            response = self.health()
-            if response is not None and response.status_code == 200:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"server not healthy after {timeout_s}s:\n{self.log_tail()}")
+        try:
+            wait_healthy(self.url, self.proc, timeout_s)
+        except ServerNotHealthy as exc:
+            raise AssertionError(f"{exc}:\n{self.log_tail()}") from exc
 
     def wait_exit(self, timeout_s: float) -> int:
         return self.proc.wait(timeout=timeout_s)
