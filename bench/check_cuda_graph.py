@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from model_dirs import SHAPES, shape_model_dir
+from numerics import relative_error
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig
 from tpserve.distributed import TPGroup
@@ -52,7 +53,7 @@ def check_rank(group: TPGroup, model_dir: str, custom_all_reduce: bool, seed: in
         decode = ForwardBatch([rng.randrange(vocab) for _ in range(batch_size)], [1] * batch_size, contexts, tables, [True] * batch_size)
         replayed = runner.forward(decode).float().clone()  # the graph path: decode-only and fits
         eager = runner.forward_eager(decode).float()
-        error = ((replayed - eager).norm() / eager.norm()).item()
+        error = relative_error(replayed, eager)
         rows.append({"batch": batch_size, "rel_error": error, "finite": bool(torch.isfinite(replayed).all())})
         for table in tables:
             free_pages.extend(table)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from model_dirs import SHAPES, shape_model_dir
+from numerics import relative_error
 from tpserve.batch import ForwardBatch
 from tpserve.config import EngineConfig, RopeConfig
 from tpserve.distributed import TPGroup
@@ -29,21 +30,17 @@ DEVICE = torch.device("cuda", 0)
 DTYPE = torch.bfloat16
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def check_ops() -> dict[str, float]:
     errors = {}
     norm = RMSNorm(4096, 1e-5, DTYPE, DEVICE)
     norm.weight.normal_()
     assert norm.kernels is not None, "flashinfer kernels are not in use"
     x = torch.randn(37, 4096, dtype=DTYPE, device=DEVICE)
-    errors["rmsnorm"] = rel(norm(x), norm._reference(x))
+    errors["rmsnorm"] = relative_error(norm(x), norm._reference(x))
     residual = torch.randn_like(x)
     fused_out, fused_sum = norm.add_and_norm(x.clone(), residual.clone())
-    errors["add_rmsnorm_sum"] = rel(fused_sum, x + residual)
-    errors["add_rmsnorm"] = rel(fused_out, norm._reference(x + residual))
+    errors["add_rmsnorm_sum"] = relative_error(fused_sum, x + residual)
+    errors["add_rmsnorm"] = relative_error(fused_out, norm._reference(x + residual))
 
     rope = RopeConfig(theta=500000.0, rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                       original_max_position_embeddings=8192)
@@ -55,16 +52,16 @@ def check_ops() -> dict[str, float]:
     with reference_ops(rotary):
         q_ref, k_ref = rotary(positions, q.clone(), k.clone())
     q_fused, k_fused = rotary(positions, q, k)
-    errors["rope_q"], errors["rope_k"] = rel(q_fused, q_ref), rel(k_fused, k_ref)
+    errors["rope_q"], errors["rope_k"] = relative_error(q_fused, q_ref), relative_error(k_fused, k_ref)
 
     head_norm = RMSNorm(128, 1e-6, DTYPE, DEVICE)  # Qwen3's q/k norm, on the strided q slice
     head_norm.weight.normal_()
     q_view = torch.randn_like(qkv).split([32 * 128, 16 * 128], dim=-1)[0].view(37, 32, 128)
-    errors["qk_rmsnorm"] = rel(head_norm(q_view), head_norm._reference(q_view))
+    errors["qk_rmsnorm"] = relative_error(head_norm(q_view), head_norm._reference(q_view))
 
     gate_up = torch.randn(37, 2 * 7168, dtype=DTYPE, device=DEVICE)
     gate, up = gate_up.split(7168, dim=-1)
-    errors["silu_and_mul"] = rel(norm.kernels.activation.silu_and_mul(gate_up), F.silu(gate) * up)
+    errors["silu_and_mul"] = relative_error(norm.kernels.activation.silu_and_mul(gate_up), F.silu(gate) * up)
     return errors
 
 
@@ -93,7 +90,7 @@ def check_model(shape: Path) -> float:
     fused = runner.forward(plan).float()
     with reference_ops(runner.model):
         reference = runner.forward(plan).float()
-    return rel(fused, reference)
+    return relative_error(fused, reference)
 
 
 def main() -> None:
