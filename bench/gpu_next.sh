@@ -4,12 +4,9 @@
 # generate beside tpserve on the Qwen3-0.6B shape (in run 4 it did not finish within 240 s).
 # Usage (on the GPU machine, wheels in .whl/): bash bench/gpu_next.sh OUT_DIR
 set -uo pipefail
-out=${1:-out}; mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/server PYTHONUNBUFFERED=1
-step() { local name=$1; shift; echo "== $name: $*"; local t0=$SECONDS; timeout "$@" > "$out/$name.log" 2>&1; local rc=$?; tail -n 40 "$out/$name.log"; echo "== $name rc=$rc $((SECONDS - t0))s"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-step decode_profile_tp1 150 python3 bench/decode.py --tp 1 --batches 1,8 --profile graph:1,eager:1,graph-unfused:1 --json "$out/decode_profile_tp1.json"
-step offline_qwen3_tp1_hf 400 python3 bench/offline.py --shape bench/shapes/qwen3-0.6b.json --tp 1 --device cuda --dtype bfloat16 \
-    --attn fi --context-length 2100 --num-requests 256 --min-len 100 --max-len 1024 --transformers 16 \
-    --json "$out/offline_qwen3_tp1_hf.json"
+source "$(dirname "$0")/gpu_lib.sh"
+out=${1:-out}
+gpu_setup "$out"
+gpu_step decode_profile_tp1 150 python3 bench/decode.py --tp 1 --batches 1,8 --profile graph:1,eager:1,graph-unfused:1 --json "$out/decode_profile_tp1.json"
+gpu_step offline_qwen3_tp1_hf 400 python3 bench/offline.py --shape bench/shapes/qwen3-0.6b.json --tp 1 $GPU_WORKLOAD \
+    --transformers 16 --json "$out/offline_qwen3_tp1_hf.json"

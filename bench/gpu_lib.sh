@@ -1,0 +1,32 @@
+# Sourced by the bench/gpu_*.sh scripts: the set-up and step runner every GPU run shares.
+#   gpu_setup OUT            install the carried wheels (.whl/: flashinfer, the HTTP stack), put them
+#                            and server/ on PYTHONPATH, print the GPUs; results go under OUT
+#   gpu_step NAME LIMIT CMD  run CMD for at most LIMIT seconds with its output in OUT/NAME.log (or,
+#                            with GPU_ONE_LOG=1, appended to OUT/all.log: the device machine returns
+#                            only a few files), then print its last GPU_TAIL lines, exit status, time
+#   GPU_WORKLOAD             bench/offline.py's flags for nano-vllm's workload on the GPU
+
+GPU_WORKLOAD="--device cuda --dtype bfloat16 --attn fi --context-length 2100 --num-requests 256 --min-len 100 --max-len 1024"
+
+gpu_setup() {
+    GPU_OUT=$1
+    mkdir -p "$GPU_OUT"
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD/server PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+}
+
+gpu_step() {
+    local name=$1 limit=$2
+    shift 2
+    local log=$GPU_OUT/$name.log
+    if [ "${GPU_ONE_LOG:-0}" = 1 ]; then log=/tmp/gpu_step_$name.log; fi
+    echo "== $name: $*"
+    local started=$SECONDS
+    timeout "$limit" "$@" > "$log" 2>&1
+    local rc=$?
+    local summary="== $name rc=$rc $((SECONDS - started))s"
+    if [ "${GPU_ONE_LOG:-0}" = 1 ]; then printf '== %s: %s\n%s\n' "$name" "$*" "$summary" | cat - "$log" >> "$GPU_OUT/all.log"; fi
+    grep -v "^\[W\|UserWarning\|_warn_once" "$log" | tail -n "${GPU_TAIL:-32}"
+    echo "$summary"
+}
