@@ -56,7 +56,8 @@ def fit_to_context(workload: list[tuple[list[int], int]], max_len: int) -> list[
     return [(p, n) for p, n in fitted if p]
 
 
-def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
+def run_tpserve(args: argparse.Namespace, model_path: str) -> tuple[OfflineResult, list[tuple[int, int]]]:
+    """The measured run, and the (input, output) lengths it ran after fitting the context."""
     engine_flags = dict(
         tp=args.tp,
         device=args.device,
@@ -81,7 +82,7 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
             [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for _, n in workload],
         )
         seconds = time.perf_counter() - started
-    return OfflineResult(
+    result = OfflineResult(
         engine="tpserve",
         tp=args.tp,
         requests=len(workload),
@@ -89,6 +90,7 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> OfflineResult:
         output_tokens=sum(len(o.token_ids) for o in outputs),
         seconds=seconds,
     )
+    return result, [(len(p), n) for p, n in workload]
 
 
 def run_transformers(args: argparse.Namespace, model_path: str, count: int) -> OfflineResult:
@@ -174,25 +176,26 @@ def main() -> None:
         else:
             scratch = stack.enter_context(tempfile.TemporaryDirectory())
             model_path = args.model or str(build_tiny_checkpoint(Path(scratch) / "tiny"))
-        results = [run_tpserve(args, model_path)]
+        measured, lengths = run_tpserve(args, model_path)
+        results = [measured]
         if args.transformers:
             results.append(run_transformers(args, model_path, args.transformers))
         if args.device == "cuda":
-            results.append(run_roofline(args, model_path, results[0]))
+            results.append(run_roofline(args, model_path, measured, lengths))
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"output_tokens_per_s": r.output_tokens_per_s} for r in results], indent=2))
 
 
-def run_roofline(args: argparse.Namespace, model_path: str, measured: OfflineResult) -> OfflineResult:
-    """The same workload at the HBM floor (bandwidth measured now, on this GPU)."""
+def run_roofline(
+    args: argparse.Namespace, model_path: str, measured: OfflineResult, lengths: list[tuple[int, int]]
+) -> OfflineResult:
+    """The workload `measured` ran, at the HBM floor (bandwidth measured now, on this GPU)."""
     import torch
     from roofline import copy_bandwidth, workload_roofline_s
     from tpserve.config import ModelConfig
 
     model = ModelConfig.from_dir(model_path)
-    workload = make_workload(args.num_requests, args.min_len, args.max_len, model.vocab_size, args.seed)
-    lengths = [(len(p), n) for p, n in fit_to_context(workload, args.context_length or model.max_position_embeddings)]
     bandwidth = copy_bandwidth(torch.device("cuda", 0))
     seconds = workload_roofline_s(lengths, model, bandwidth, args.tp)
     return OfflineResult("HBM roofline", args.tp, measured.requests, measured.input_tokens, measured.output_tokens, seconds)
