@@ -25,7 +25,6 @@ import torch
 
 from .attention import AttentionBackend
 from .batch import ForwardBatch
-from .kv_cache import PagedKVCache
 from .model import DecoderModel
 
 log = logging.getLogger(__name__)
@@ -96,14 +95,13 @@ class DecodeGraphs:
         self,
         model: DecoderModel,
         attention: AttentionBackend,
-        cache: PagedKVCache,
         device: torch.device,
         max_bs: int,
         capture: GraphCapture,
     ) -> None:
         self.model = model
         self.attention = attention
-        self.cache = cache
+        self.cache = attention.cache  # the graphs read and write this cache's tensors
         self.sizes = graph_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
         # [token ids (max_bs) | positions (max_bs) | K/V slot rows (max_bs x 2)]: a step of n
@@ -115,7 +113,7 @@ class DecodeGraphs:
         self.sample_indices = torch.arange(self.max_bs, dtype=torch.int64, device=device)
         self.captured: dict[int, _CapturedSize] = {}
         for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
-            self._stage(pad_decode_batch(_empty_batch(), size, cache.padding_page))
+            self._stage(pad_decode_batch(_empty_batch(), size, self.cache.padding_page))
             graph, logits = capture.capture(self._step_fn(size))
             self.captured[size] = _CapturedSize(graph, logits)
 

@@ -138,7 +138,7 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(device)
         try:
-            graphs = DecodeGraphs(self.model, self.attention, self.attention.cache, device, max_bs, CudaGraphCapture(device))
+            graphs = DecodeGraphs(self.model, self.attention, device, max_bs, CudaGraphCapture(device))
         except torch.OutOfMemoryError as exc:
             raise ConfigError(
                 f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "

@@ -84,7 +84,7 @@ def _prefilled(runner: ModelRunner, rng: random.Random, count: int) -> tuple[lis
 
 def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRunner) -> None:
     recorder = ReplayByRerun()
-    graphs = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, torch.device("cpu"), max_bs=6, capture=recorder)
+    graphs = DecodeGraphs(runner.model, runner.attention, torch.device("cpu"), max_bs=6, capture=recorder)
     assert recorder.recorded == [6, 4, 2, 1]  # largest first, so smaller graphs share its pool
     rng = random.Random(0)
     for batch_size in (1, 3, 5, 6, 2):
@@ -110,7 +110,7 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
 
 
 def test_prefill_and_oversized_batches_stay_eager(runner: ModelRunner) -> None:
-    graphs = DecodeGraphs(runner.model, runner.attention, runner.kv_cache, torch.device("cpu"), max_bs=2, capture=ReplayByRerun())
+    graphs = DecodeGraphs(runner.model, runner.attention, torch.device("cpu"), max_bs=2, capture=ReplayByRerun())
     prefill = ForwardBatch([1, 2, 3], [3], [3], [[0]], [True])
     too_many = ForwardBatch([1, 2, 3], [1, 1, 1], [2, 2, 2], [[0], [1], [2]], [True] * 3)
     assert not graphs.can_run(prefill) and not graphs.can_run(too_many)
