@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch that lies on this machine's disk; a bare `torch` would pull CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint test demo bench clean
 
 venv: $(STAMP)
 
@@ -18,14 +18,20 @@ $(STAMP): server/pyproject.toml operator/pyproject.toml requirements-test.txt to
 	$(PY) tools/install_helm.py $(VENV)/bin/helm
 	touch $(STAMP)
 
-test: $(STAMP)
+# Lint, format and types first (seconds), then the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy -p tpserve -p tpserve_operator
+
+test: lint
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m tpserve.demo
+	$(PY) -m tpserve.entrypoints.demo
 
 bench: $(STAMP)
 	$(PY) bench/offline.py --device cpu
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

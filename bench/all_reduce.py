@@ -14,15 +14,16 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 from numerics import relative_error
-from tpserve.all_reduce import OneShotAllReduce
-from tpserve.cuda_graph import CudaGraphCapture
-from tpserve.distributed import TPGroup
+
+from tpserve.distributed.all_reduce import OneShotAllReduce
+from tpserve.distributed.group import TPGroup
+from tpserve.engine.cuda_graph import CudaGraphCapture
 from tpserve.testing.ranks import run_on_ranks
 
 CALLS_PER_GRAPH = 20
@@ -78,10 +79,7 @@ def bench_rank(group: TPGroup, sizes_kib: list[int], iters: int) -> list[dict]:
         data = torch.randn(numel, dtype=torch.bfloat16, device=device, generator=generator)
         expected = nccl(data.clone().float())  # float32 sum as the reference
         got_nccl, got_one_shot = nccl(data.clone()), one_shot(data.clone())
-        error = {
-            name: relative_error(got, expected)
-            for name, got in (("nccl", got_nccl), ("one_shot", got_one_shot))
-        }
+        error = {name: relative_error(got, expected) for name, got in (("nccl", got_nccl), ("one_shot", got_one_shot))}
         row = {"kib": kib, "rel_error_nccl": error["nccl"], "rel_error_one_shot": error["one_shot"]}
         for name, op in (("nccl", nccl), ("one_shot", one_shot)):
             row[f"{name}_eager_us"] = time_eager(op, data.clone(), iters)
@@ -100,10 +98,14 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes_kib.split(",")]
     rows = run_on_ranks(args.tp, "cuda", bench_rank, sizes, args.iters)
     print(f"all-reduce, bf16, tp={args.tp}, {torch.cuda.get_device_name(0)} (median us per call)")
-    print(f"{'KiB':>6}{'nccl eager':>12}{'1shot eager':>13}{'nccl graph':>12}{'1shot graph':>13}{'err nccl':>10}{'err 1shot':>11}")
+    print(
+        f"{'KiB':>6}{'nccl eager':>12}{'1shot eager':>13}{'nccl graph':>12}{'1shot graph':>13}{'err nccl':>10}{'err 1shot':>11}"
+    )
     for r in rows:
-        print(f"{r['kib']:>6}{r['nccl_eager_us']:>12.1f}{r['one_shot_eager_us']:>13.1f}{r['nccl_graph_us']:>12.1f}"
-              f"{r['one_shot_graph_us']:>13.1f}{r['rel_error_nccl']:>10.1e}{r['rel_error_one_shot']:>11.1e}")
+        print(
+            f"{r['kib']:>6}{r['nccl_eager_us']:>12.1f}{r['one_shot_eager_us']:>13.1f}{r['nccl_graph_us']:>12.1f}"
+            f"{r['one_shot_graph_us']:>13.1f}{r['rel_error_nccl']:>10.1e}{r['rel_error_one_shot']:>11.1e}"
+        )
     bad = [r["kib"] for r in rows if not r["rel_error_one_shot"] < 1e-2]
     if bad:
         raise SystemExit(f"one-shot all-reduce wrong at {bad} KiB")

@@ -16,8 +16,8 @@ import torch
 from numerics import relative_error
 
 from tpserve.attention import AttentionLayerShape, create_backend
-from tpserve.batch import ForwardBatch
-from tpserve.kv_cache import KVCacheShape, PagedKVCache
+from tpserve.core.batch import ForwardBatch
+from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
 
 TOLERANCE = 2e-2  # relative norm error for bf16 operands
 
@@ -40,7 +40,13 @@ def random_batch(rng: random.Random, page_size: int, num_pages: int, decode_only
 def check(shape: AttentionLayerShape, page_size: int, decode_only: bool, seed: int) -> float:
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    kv_shape = KVCacheShape(num_layers=1, num_pages=12 * 1000 // page_size + 64, page_size=page_size, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim)
+    kv_shape = KVCacheShape(
+        num_layers=1,
+        num_pages=12 * 1000 // page_size + 64,
+        page_size=page_size,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+    )
     caches = [PagedKVCache(kv_shape, torch.bfloat16, torch.device("cuda")) for _ in range(2)]
     caches[0].layers[0].normal_()
     caches[1].layers[0].copy_(caches[0].layers[0])

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from model_dirs import SHAPES, shape_model_dir
 from numerics import relative_error
-from tpserve.batch import ForwardBatch
-from tpserve.config import EngineConfig
-from tpserve.distributed import TPGroup
-from tpserve.runner import ModelRunner
+
+from tpserve.core.batch import ForwardBatch
+from tpserve.distributed.group import TPGroup
+from tpserve.engine.config import EngineConfig
+from tpserve.engine.runner import ModelRunner
 from tpserve.testing.ranks import run_on_ranks
 
 MAX_BS = 64
@@ -30,9 +31,18 @@ BATCHES = (1, 3, 8, 13, 37, 64)
 
 def check_rank(group: TPGroup, model_dir: str, custom_all_reduce: bool, seed: int) -> list[dict]:
     config = EngineConfig(
-        model_path=model_dir, tp=group.world_size, device="cuda", dtype="bfloat16", load_format="dummy",
-        attention_backend="fi", page_size=16, context_length=1024, max_running_requests=MAX_BS,
-        max_total_tokens=MAX_BS * 1024, mem_fraction_static=0.8, cuda_graph_max_bs=MAX_BS,
+        model_path=model_dir,
+        tp=group.world_size,
+        device="cuda",
+        dtype="bfloat16",
+        load_format="dummy",
+        attention_backend="fi",
+        page_size=16,
+        context_length=1024,
+        max_running_requests=MAX_BS,
+        max_total_tokens=MAX_BS * 1024,
+        mem_fraction_static=0.8,
+        cuda_graph_max_bs=MAX_BS,
         disable_custom_all_reduce=not custom_all_reduce,
     )
     runner = ModelRunner(config, config.validate(), group)
@@ -47,10 +57,14 @@ def check_rank(group: TPGroup, model_dir: str, custom_all_reduce: bool, seed: in
         for _ in range(batch_size):
             length = rng.randint(1, 700)
             table = [free_pages.pop() for _ in range(-(-(length + 1) // 16))]
-            runner.forward(ForwardBatch([rng.randrange(vocab) for _ in range(length)], [length], [length], [table], [True]))
+            runner.forward(
+                ForwardBatch([rng.randrange(vocab) for _ in range(length)], [length], [length], [table], [True])
+            )
             contexts.append(length + 1)
             tables.append(table)
-        decode = ForwardBatch([rng.randrange(vocab) for _ in range(batch_size)], [1] * batch_size, contexts, tables, [True] * batch_size)
+        decode = ForwardBatch(
+            [rng.randrange(vocab) for _ in range(batch_size)], [1] * batch_size, contexts, tables, [True] * batch_size
+        )
         replayed = runner.forward(decode).float().clone()  # the graph path: decode-only and fits
         eager = runner.forward_eager(decode).float()
         error = relative_error(replayed, eager)
@@ -69,11 +83,13 @@ def main() -> None:
     args = parser.parse_args()
     with shape_model_dir(args.shape) as model_dir:
         rows = run_on_ranks(args.tp, "cuda", check_rank, str(model_dir), not args.disable_custom_all_reduce, args.seed)
-    print(f"CUDA graph vs eager decode, {args.shape.name}, tp={args.tp}, custom all-reduce "
-          f"{'off' if args.disable_custom_all_reduce else 'on'}")
+    print(
+        f"CUDA graph vs eager decode, {args.shape.name}, tp={args.tp}, custom all-reduce "
+        f"{'off' if args.disable_custom_all_reduce else 'on'}"
+    )
     print(f"{'batch':>6}{'rel error':>12}{'finite':>8}")
     for r in rows:
-        print(f"{r['batch']:>6}{r['rel_error']:>12.2e}{str(r['finite']):>8}")
+        print(f"{r['batch']:>6}{r['rel_error']:>12.2e}{r['finite']!s:>8}")
     bad = [r["batch"] for r in rows if not (r["rel_error"] < 1e-2 and r["finite"])]
     if bad:
         raise SystemExit(f"FAIL: graph decode differs from eager at batch sizes {bad}")

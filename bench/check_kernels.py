@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from model_dirs import SHAPES, shape_model_dir
 from numerics import relative_error
-from tpserve.batch import ForwardBatch
-from tpserve.config import EngineConfig, RopeConfig
-from tpserve.distributed import TPGroup
-from tpserve.kv_cache import KVCacheShape, PagedKVCache
-from tpserve.layers import RMSNorm, RotaryEmbedding, reference_ops
-from tpserve.runner import ModelRunner
+
+from tpserve.core.batch import ForwardBatch
+from tpserve.distributed.group import TPGroup
+from tpserve.engine.config import EngineConfig
+from tpserve.engine.runner import ModelRunner
+from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
+from tpserve.layers.kernels import reference_ops
+from tpserve.layers.norm import RMSNorm
+from tpserve.layers.rotary import RopeConfig, RotaryEmbedding
 
 DEVICE = torch.device("cuda", 0)
 DTYPE = torch.bfloat16
@@ -42,8 +45,14 @@ def check_ops() -> dict[str, float]:
     errors["add_rmsnorm_sum"] = relative_error(fused_sum, x + residual)
     errors["add_rmsnorm"] = relative_error(fused_out, norm._reference(x + residual))
 
-    rope = RopeConfig(theta=500000.0, rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                      original_max_position_embeddings=8192)
+    rope = RopeConfig(
+        theta=500000.0,
+        rope_type="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    )
     rotary = RotaryEmbedding(rope, 128, 4096, DTYPE, DEVICE)
     qkv = torch.randn(37, (32 + 8 + 8) * 128, dtype=DTYPE, device=DEVICE)
     q, k, _ = qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1)
@@ -81,9 +90,16 @@ def check_kv_write() -> None:
 
 def check_model(shape: Path) -> float:
     with shape_model_dir(shape) as model_dir:
-        config = EngineConfig(model_path=str(model_dir), device="cuda", dtype="bfloat16", load_format="dummy",
-                              attention_backend="torch", context_length=512, max_total_tokens=4096,
-                              disable_cuda_graph=True)
+        config = EngineConfig(
+            model_path=str(model_dir),
+            device="cuda",
+            dtype="bfloat16",
+            load_format="dummy",
+            attention_backend="torch",
+            context_length=512,
+            max_total_tokens=4096,
+            disable_cuda_graph=True,
+        )
         runner = ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=DEVICE))
     prompt = torch.randint(0, runner.model_config.vocab_size, (100,)).tolist()
     plan = ForwardBatch(prompt, [100], [100], [list(range(7))], [True])

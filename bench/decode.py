@@ -27,16 +27,17 @@ import time
 from pathlib import Path
 
 import torch
-from model_dirs import SHAPES, shape_model_dir
 from kernel_profile import profile_step
+from model_dirs import SHAPES, shape_model_dir
 from roofline import copy_bandwidth
-from tpserve.batch import ForwardBatch
-from tpserve.config import EngineConfig
-from tpserve.cuda_graph import CudaGraphCapture, DecodeGraphs
-from tpserve.distributed import TPGroup
-from tpserve.layers import fused_kernels, reference_ops
-from tpserve.protocol import Stop
-from tpserve.runner import ModelRunner
+
+from tpserve.core.batch import ForwardBatch
+from tpserve.distributed.group import TPGroup
+from tpserve.engine.config import EngineConfig
+from tpserve.engine.cuda_graph import CudaGraphCapture, DecodeGraphs
+from tpserve.engine.messages import Stop
+from tpserve.engine.runner import ModelRunner
+from tpserve.layers.kernels import fused_kernels, reference_ops
 from tpserve.testing.ranks import run_on_ranks
 
 
@@ -64,7 +65,9 @@ class Modes:
         # The same step with the torch reference ops instead of the fused kernels.
         if fused_kernels(group.device) is not None:
             with reference_ops(runner.model):
-                self.graphs["graph-unfused"] = DecodeGraphs(runner.model, runner.attention, group.device, max_bs, capture)
+                self.graphs["graph-unfused"] = DecodeGraphs(
+                    runner.model, runner.attention, group.device, max_bs, capture
+                )
         if group.world_size > 1 and group.small_all_reduce is not None:
             fast, group.small_all_reduce = group.small_all_reduce, None
             self.graphs["graph-nccl"] = DecodeGraphs(runner.model, runner.attention, group.device, max_bs, capture)
@@ -97,7 +100,7 @@ def time_steps(group: TPGroup, modes: Modes, mode: str, plan: ForwardBatch, iter
 
 
 def profile_targets(spec: str) -> list[tuple[str, int]]:
-    """"graph:1,eager:8" -> [("graph", 1), ("eager", 8)]."""
+    """ "graph:1,eager:8" -> [("graph", 1), ("eager", 8)]."""
     targets = []
     for item in filter(None, spec.split(",")):
         mode, _, batch = item.partition(":")
@@ -111,13 +114,15 @@ def profile_rank0(group: TPGroup, modes: Modes, args: argparse.Namespace, rows: 
         [timed] = [r for r in rows if (r["mode"], r["batch"]) == (mode, batch)]
         plan = decode_batch(batch, args.context, args.page_size, modes.runner.model_config.vocab_size)
 
-        def step() -> None:
+        def step(mode: str = mode, plan: ForwardBatch = plan) -> None:
             group.broadcast_object((mode, plan))
             modes.step(mode, plan)
             torch.cuda.synchronize()
 
         result = profile_step(step, timed["step_ms"])
-        profiles.append({"mode": mode, "batch": batch, "tp": group.world_size, "table": result.table(), **result.as_json()})
+        profiles.append(
+            {"mode": mode, "batch": batch, "tp": group.world_size, "table": result.table(), **result.as_json()}
+        )
     return profiles
 
 
@@ -125,10 +130,18 @@ def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> tupl
     logging.basicConfig(level="INFO", format="%(message)s")  # the runner logs its graph memory
     batches = [int(b) for b in args.batches.split(",")]
     config = EngineConfig(
-        model_path=model_dir, tp=group.world_size, device="cuda", dtype="bfloat16", load_format="dummy",
-        attention_backend=args.attn, page_size=args.page_size, context_length=args.context + 8,
-        max_running_requests=max(batches), max_total_tokens=max(batches) * (args.context + args.page_size),
-        mem_fraction_static=0.85, cuda_graph_max_bs=max(batches),
+        model_path=model_dir,
+        tp=group.world_size,
+        device="cuda",
+        dtype="bfloat16",
+        load_format="dummy",
+        attention_backend=args.attn,
+        page_size=args.page_size,
+        context_length=args.context + 8,
+        max_running_requests=max(batches),
+        max_total_tokens=max(batches) * (args.context + args.page_size),
+        mem_fraction_static=0.85,
+        cuda_graph_max_bs=max(batches),
     )
     runner = ModelRunner(config, config.validate(), group)
     for layer in runner.kv_cache.layers:
@@ -150,14 +163,23 @@ def bench_rank(group: TPGroup, args: argparse.Namespace, model_dir: str) -> tupl
             plan = decode_batch(batch, args.context, args.page_size, runner.model_config.vocab_size)
             ms, host_ms = time_steps(group, modes, mode, plan, args.iters)
             kv_bytes = batch * args.context * per_token_kv
-            rows.append({
-                "tp": group.world_size, "mode": mode, "attn": args.attn, "batch": batch, "context": args.context,
-                "step_ms": ms, "host_ms": host_ms, "roofline_ms": 1e3 * (weight_bytes + kv_bytes) / bandwidth,
-                "weights_only_roofline_ms": 1e3 * weight_bytes / bandwidth,
-                "weight_gb_per_rank": weight_bytes / 1e9, "copy_tb_s": bandwidth / 1e12,
-                "custom_all_reduce": group.small_all_reduce is not None and mode != "graph-nccl",
-                "device": torch.cuda.get_device_name(device),
-            })
+            rows.append(
+                {
+                    "tp": group.world_size,
+                    "mode": mode,
+                    "attn": args.attn,
+                    "batch": batch,
+                    "context": args.context,
+                    "step_ms": ms,
+                    "host_ms": host_ms,
+                    "roofline_ms": 1e3 * (weight_bytes + kv_bytes) / bandwidth,
+                    "weights_only_roofline_ms": 1e3 * weight_bytes / bandwidth,
+                    "weight_gb_per_rank": weight_bytes / 1e9,
+                    "copy_tb_s": bandwidth / 1e12,
+                    "custom_all_reduce": group.small_all_reduce is not None and mode != "graph-nccl",
+                    "device": torch.cuda.get_device_name(device),
+                }
+            )
     profiles = profile_rank0(group, modes, args, rows)
     group.broadcast_object(Stop())
     return rows, profiles
@@ -181,11 +203,15 @@ def main() -> None:
     with shape_model_dir(args.shape) as model_dir:
         rows, profiles = run_on_ranks(args.tp, "cuda", bench_rank, args, str(model_dir))
     first = rows[0]
-    print(f"device: {first['device']}; tp={args.tp}; copy bandwidth {first['copy_tb_s']:.2f} TB/s; "
-          f"weights {first['weight_gb_per_rank']:.2f} GB per rank; context {args.context}")
+    print(
+        f"device: {first['device']}; tp={args.tp}; copy bandwidth {first['copy_tb_s']:.2f} TB/s; "
+        f"weights {first['weight_gb_per_rank']:.2f} GB per rank; context {args.context}"
+    )
     print(f"{'mode':<14}{'batch':>6}{'step ms':>10}{'host ms':>9}{'roofline ms':>13}{'x roofline':>12}")
     for r in rows:
-        print(f"{r['mode']:<14}{r['batch']:>6}{r['step_ms']:>10.2f}{r['host_ms']:>9.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}")
+        print(
+            f"{r['mode']:<14}{r['batch']:>6}{r['step_ms']:>10.2f}{r['host_ms']:>9.2f}{r['roofline_ms']:>13.2f}{r['step_ms'] / r['roofline_ms']:>12.2f}"
+        )
     for p in profiles:
         print(f"\nprofile: tp={p['tp']} {p['mode']} batch {p['batch']}, per step (rank 0)\n{p['table']}")
     if args.json:

@@ -60,8 +60,12 @@ class StepProfile:
 
     def as_json(self) -> dict:
         return {
-            "step_ms": self.step_ms, "busy_ms": self.busy_ms, "kernels_per_step": self.kernels_per_step,
-            "kernel_ms": self.kernel_ms, "kernel_count": self.kernel_count, "top": self.top,
+            "step_ms": self.step_ms,
+            "busy_ms": self.busy_ms,
+            "kernels_per_step": self.kernels_per_step,
+            "kernel_ms": self.kernel_ms,
+            "kernel_count": self.kernel_count,
+            "top": self.top,
         }
 
 

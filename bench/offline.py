@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model_dirs import shape_model_dir
+
 from tpserve import LLM, SamplingParams
 from tpserve.testing.tiny_checkpoint import build_tiny_checkpoint
 
@@ -73,7 +74,8 @@ def run_tpserve(args: argparse.Namespace, model_path: str) -> tuple[OfflineResul
     with LLM(model_path, **engine_flags) as llm:
         vocab = llm.model_config.vocab_size
         workload = fit_to_context(
-            make_workload(args.num_requests, args.min_len, args.max_len, vocab, args.seed), llm.engine_info.max_model_len
+            make_workload(args.num_requests, args.min_len, args.max_len, vocab, args.seed),
+            llm.engine_info.max_model_len,
         )
         llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
         started = time.perf_counter()
@@ -116,20 +118,30 @@ def run_transformers(args: argparse.Namespace, model_path: str, count: int) -> O
     input_ids = torch.zeros(len(workload), longest, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
     for row, (prompt, _) in enumerate(workload):  # left padding, as generate expects
-        input_ids[row, longest - len(prompt):] = torch.tensor(prompt)
-        mask[row, longest - len(prompt):] = 1
+        input_ids[row, longest - len(prompt) :] = torch.tensor(prompt)
+        mask[row, longest - len(prompt) :] = 1
     new_tokens = max(n for _, n in workload)
     with torch.no_grad():
-        model.generate(input_ids[:, :8].to(device), attention_mask=mask[:, :8].to(device), max_new_tokens=2, do_sample=False)
+        model.generate(
+            input_ids[:, :8].to(device), attention_mask=mask[:, :8].to(device), max_new_tokens=2, do_sample=False
+        )
         if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        model.generate(input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        model.generate(
+            input_ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-    return OfflineResult("transformers", 1, len(workload), sum(len(p) for p, _ in workload), sum(n for _, n in workload), seconds)
+    return OfflineResult(
+        "transformers", 1, len(workload), sum(len(p) for p, _ in workload), sum(n for _, n in workload), seconds
+    )
 
 
 def print_table(results: list[OfflineResult]) -> None:
@@ -145,8 +157,13 @@ def print_table(results: list[OfflineResult]) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="HF model dir (config.json only is enough with --load-format dummy); default: tiny built-in model")
-    parser.add_argument("--shape", type=Path, help="a config.json of a model shape (bench/shapes/); implies --load-format dummy")
+    parser.add_argument(
+        "--model",
+        help="HF model dir (config.json only is enough with --load-format dummy); default: tiny built-in model",
+    )
+    parser.add_argument(
+        "--shape", type=Path, help="a config.json of a model shape (bench/shapes/); implies --load-format dummy"
+    )
     parser.add_argument("--attn", default="torch", help="attention backend (fi on GPU)")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -161,8 +178,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--disable-cuda-graph", action="store_true")
     parser.add_argument("--disable-custom-all-reduce", action="store_true")
-    parser.add_argument("--transformers", type=int, default=0, metavar="N",
-                        help="also run transformers' generate on the first N requests (one padded batch)")
+    parser.add_argument(
+        "--transformers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run transformers' generate on the first N requests (one padded batch)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     return parser.parse_args()
 
@@ -184,7 +206,9 @@ def main() -> None:
             results.append(run_roofline(args, model_path, measured, lengths))
     print_table(results)
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) | {"output_tokens_per_s": r.output_tokens_per_s} for r in results], indent=2))
+        args.json.write_text(
+            json.dumps([asdict(r) | {"output_tokens_per_s": r.output_tokens_per_s} for r in results], indent=2)
+        )
 
 
 def run_roofline(
@@ -193,12 +217,15 @@ def run_roofline(
     """The workload `measured` ran, at the HBM floor (bandwidth measured now, on this GPU)."""
     import torch
     from roofline import copy_bandwidth, workload_roofline_s
-    from tpserve.config import ModelConfig
+
+    from tpserve.models.config import ModelConfig
 
     model = ModelConfig.from_dir(model_path)
     bandwidth = copy_bandwidth(torch.device("cuda", 0))
     seconds = workload_roofline_s(lengths, model, bandwidth, args.tp)
-    return OfflineResult("HBM roofline", args.tp, measured.requests, measured.input_tokens, measured.output_tokens, seconds)
+    return OfflineResult(
+        "HBM roofline", args.tp, measured.requests, measured.input_tokens, measured.output_tokens, seconds
+    )
 
 
 if __name__ == "__main__":

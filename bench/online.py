@@ -33,7 +33,8 @@ from pathlib import Path
 
 import httpx
 from model_dirs import shape_model_dir
-from tpserve.launcher import free_port
+
+from tpserve.engine.launcher import free_port
 from tpserve.testing.health import wait_healthy
 
 
@@ -56,8 +57,15 @@ class RequestTrace:
 
 
 async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> RequestTrace:
-    body = {"model": "bench", "prompt": prompt, "max_tokens": output_len, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     last = started
     trace: RequestTrace | None = None
@@ -103,8 +111,12 @@ async def run_level(
     ttft = sorted(t.ttft_s * 1e3 for t in traces)
     itl = sorted(g * 1e3 for t in traces for g in t.token_gaps_s)
     return {
-        "concurrency": concurrency, "requests": len(traces), "input_len": input_len, "output_len": output_len,
-        "seconds": elapsed, "output_tokens_per_s": sum(t.output_tokens for t in traces) / elapsed,
+        "concurrency": concurrency,
+        "requests": len(traces),
+        "input_len": input_len,
+        "output_len": output_len,
+        "seconds": elapsed,
+        "output_tokens_per_s": sum(t.output_tokens for t in traces) / elapsed,
         **{f"ttft_p{p}_ms": percentile(ttft, p) for p in (50, 90, 99)},
         **{f"itl_p{p}_ms": percentile(itl, p) for p in (50, 90, 99)},
         "itl_mean_ms": statistics.fmean(itl) if itl else float("nan"),
@@ -118,21 +130,44 @@ def greedy_completions(base_url: str, count: int, vocab: int, max_prompt: int, m
     with httpx.Client(base_url=base_url, timeout=600.0) as client:
         for _ in range(count):
             prompt = [rng.randrange(2, vocab) for _ in range(rng.randint(max(1, max_prompt // 2), max_prompt))]
-            response = client.post("/v1/completions", json={
-                "model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            })
+            response = client.post(
+                "/v1/completions",
+                json={
+                    "model": "bench",
+                    "prompt": prompt,
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                },
+            )
             response.raise_for_status()
             outputs.append(response.json()["choices"][0]["text"])
     return outputs
 
 
-def start_nodes(args: argparse.Namespace, model_dir: Path, extra: list[str], log: object) -> tuple[str, list[subprocess.Popen]]:
+def start_nodes(
+    args: argparse.Namespace, model_dir: Path, extra: list[str], log: object
+) -> tuple[str, list[subprocess.Popen]]:
     """The server's node processes; returns node 0's URL (the one that serves the API) and them all."""
     ports = [free_port() for _ in range(args.nnodes)]
     common = [
-        sys.executable, "-m", "tpserve", "--model", str(model_dir), "--tp", str(args.tp), "--device", args.device,
-        "--host", "127.0.0.1", "--served-model-name", "bench", "--context-length", str(args.input_len + args.output_len + 16),
-        *extra, *args.server_args.split(),
+        sys.executable,
+        "-m",
+        "tpserve",
+        "--model",
+        str(model_dir),
+        "--tp",
+        str(args.tp),
+        "--device",
+        args.device,
+        "--host",
+        "127.0.0.1",
+        "--served-model-name",
+        "bench",
+        "--context-length",
+        str(args.input_len + args.output_len + 16),
+        *extra,
+        *args.server_args.split(),
     ]
     if args.nnodes > 1:
         common += ["--nnodes", str(args.nnodes), "--dist-init-addr", f"127.0.0.1:{free_port()}"]
@@ -143,7 +178,9 @@ def start_nodes(args: argparse.Namespace, model_dir: Path, extra: list[str], log
         if args.nnodes > 1 and args.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(node * per_node + i) for i in range(per_node))
         node_flags = ["--node-rank", str(node)] if args.nnodes > 1 else []
-        nodes.append(subprocess.Popen([*common, "--port", str(port), *node_flags], stdout=log, stderr=subprocess.STDOUT, env=env))
+        nodes.append(
+            subprocess.Popen([*common, "--port", str(port), *node_flags], stdout=log, stderr=subprocess.STDOUT, env=env)
+        )
     return f"http://127.0.0.1:{ports[0]}", nodes
 
 
@@ -161,7 +198,9 @@ def main() -> None:
     source.add_argument("--shape", type=Path, help="a config.json: dummy weights, synthetic tokenizer")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--nnodes", type=int, default=1, help="run the group as this many node processes")
-    parser.add_argument("--greedy-prompts", type=int, default=0, metavar="K", help="record greedy completions of K fixed prompts")
+    parser.add_argument(
+        "--greedy-prompts", type=int, default=0, metavar="K", help="record greedy completions of K fixed prompts"
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--requests-per-client", type=int, default=2)
@@ -197,14 +236,22 @@ def main() -> None:
                     node.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     node.kill()
-    print(f"online, tp={args.tp}, nnodes={args.nnodes}, input {args.input_len}, output {args.output_len} tokens, "
-          f"{args.requests_per_client} requests per client")
-    print(f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)")
+    print(
+        f"online, tp={args.tp}, nnodes={args.nnodes}, input {args.input_len}, output {args.output_len} tokens, "
+        f"{args.requests_per_client} requests per client"
+    )
+    print(
+        f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)"
+    )
     for r in rows:
-        print(f"{r['concurrency']:>8}{r['output_tokens_per_s']:>11.1f}{r['ttft_p50_ms']:>10.1f}{r['ttft_p90_ms']:>8.1f}"
-              f"{r['ttft_p99_ms']:>8.1f}{r['itl_p50_ms']:>9.2f}{r['itl_p90_ms']:>8.2f}{r['itl_p99_ms']:>8.2f}")
+        print(
+            f"{r['concurrency']:>8}{r['output_tokens_per_s']:>11.1f}{r['ttft_p50_ms']:>10.1f}{r['ttft_p90_ms']:>8.1f}"
+            f"{r['ttft_p99_ms']:>8.1f}{r['itl_p50_ms']:>9.2f}{r['itl_p90_ms']:>8.2f}{r['itl_p99_ms']:>8.2f}"
+        )
     if args.json:
-        result = {"tp": args.tp, "nnodes": args.nnodes, "levels": rows, "greedy": greedy} if args.greedy_prompts else rows
+        result = (
+            {"tp": args.tp, "nnodes": args.nnodes, "levels": rows, "greedy": greedy} if args.greedy_prompts else rows
+        )
         args.json.write_text(json.dumps(result, indent=2))
 
 

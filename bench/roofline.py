@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-from tpserve.config import ModelConfig
+
+from tpserve.models.config import ModelConfig
 
 
 def copy_bandwidth(device: torch.device, gib: float = 2.0) -> float:

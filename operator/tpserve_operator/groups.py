@@ -97,7 +97,7 @@ def split_groups(pods: list[Obj], replicas: int) -> dict[int, GroupPods]:
 def _condition(pod: Obj, kind: str) -> bool:
     for cond in pod.get("status", {}).get("conditions", []) or []:
         if cond.get("type") == kind:
-            return cond.get("status") == "True"
+            return bool(cond.get("status") == "True")
     return False
 
 
@@ -111,11 +111,14 @@ def restart_count(pod: Obj) -> int:
 
 
 def _alive(pod: Obj) -> bool:
-    return not pod["metadata"].get("deletionTimestamp") and pod.get("status", {}).get("phase") not in ("Failed", "Succeeded")
+    return not pod["metadata"].get("deletionTimestamp") and pod.get("status", {}).get("phase") not in (
+        "Failed",
+        "Succeeded",
+    )
 
 
 def backoff_seconds(restarts: int, base_s: float) -> float:
-    return min(BACKOFF_CAP_S, base_s * (2 ** max(0, restarts - 1)))
+    return min(BACKOFF_CAP_S, base_s * 2.0 ** max(0, restarts - 1))
 
 
 def _parse_time(value: str | None) -> datetime.datetime | None:
@@ -142,7 +145,7 @@ def decide_group(
     restarts = int(previous.get("restarts", 0))
     last_restart = previous.get("lastRestartTime")
     formed = list(previous.get("podUIDs") or [])
-    base = dict(
+    base: dict[str, Any] = dict(
         index=group.index,
         total_ranks=spec.tensor_parallel_size,
         ready_ranks=len(ready) * ranks_per_pod,
@@ -154,20 +157,38 @@ def decide_group(
     # A group that spent its restart budget stays Failed until the spec changes.
     failed_generation = previous.get("failedGeneration")
     if previous.get("phase") == "Failed" and failed_generation == generation:
-        return GroupDecision(phase="Failed", gate=False, pod_uids=formed, failed_generation=failed_generation,
-                             message=previous.get("message", "restart budget exhausted"), **base)
+        return GroupDecision(
+            phase="Failed",
+            gate=False,
+            pod_uids=formed,
+            failed_generation=failed_generation,
+            message=previous.get("message", "restart budget exhausted"),
+            **base,
+        )
 
     old_pods = [p for p in present if p["metadata"].get("labels", {}).get(LABEL_SPEC_HASH) != spec.spec_hash]
     if old_pods:
         if not may_roll:
-            return GroupDecision(phase="Ready" if complete and len(ready) == spec.nodes else "Starting",
-                                 gate=complete and len(ready) == spec.nodes, pod_uids=formed,
-                                 message="waiting to roll to the new spec", **base)
+            return GroupDecision(
+                phase="Ready" if complete and len(ready) == spec.nodes else "Starting",
+                gate=complete and len(ready) == spec.nodes,
+                pod_uids=formed,
+                message="waiting to roll to the new spec",
+                **base,
+            )
         names = [p["metadata"]["name"] for p in present]
         return GroupDecision(
-            phase="Restarting", gate=False, delete_pods=names, pod_uids=[], rolling=True,
+            phase="Restarting",
+            gate=False,
+            delete_pods=names,
+            pod_uids=[],
+            rolling=True,
             message="rolling to the new spec",
-            event=("Normal", "RollingGroup", f"group {group.index}: replacing pods {', '.join(names)} with the new spec"),
+            event=(
+                "Normal",
+                "RollingGroup",
+                f"group {group.index}: replacing pods {', '.join(names)} with the new spec",
+            ),
             **base,
         )
 
@@ -183,23 +204,41 @@ def decide_group(
         if restarts >= spec.max_group_restarts:
             message = f"{reason}; restart budget of {spec.max_group_restarts} exhausted"
             return GroupDecision(
-                phase="Failed", gate=False, pod_uids=formed, failed_generation=generation, message=message,
-                event=("Warning", "GroupFailed", f"group {group.index}: {message}"), **base,
+                phase="Failed",
+                gate=False,
+                pod_uids=formed,
+                failed_generation=generation,
+                message=message,
+                event=("Warning", "GroupFailed", f"group {group.index}: {message}"),
+                **base,
             )
         last = _parse_time(last_restart)
         wait = backoff_seconds(restarts + 1, backoff_base_s)
         if last is not None and (now - last).total_seconds() < wait:
-            return GroupDecision(phase="Restarting", gate=False, pod_uids=formed,
-                                 message=f"{reason}; recreating after backoff ({wait:.0f}s)", **base)
+            return GroupDecision(
+                phase="Restarting",
+                gate=False,
+                pod_uids=formed,
+                message=f"{reason}; recreating after backoff ({wait:.0f}s)",
+                **base,
+            )
         names = [p["metadata"]["name"] for p in present]
         base.update(restarts=restarts + 1, last_restart_time=now.isoformat().replace("+00:00", "Z"))
         return GroupDecision(
-            phase="Restarting", gate=False, delete_pods=names, pod_uids=[], message=f"{reason}; group recreated",
-            event=("Warning", "GroupRestart", f"group {group.index}: {reason}; deleting {', '.join(names)} (restart {restarts + 1}/{spec.max_group_restarts})"),
+            phase="Restarting",
+            gate=False,
+            delete_pods=names,
+            pod_uids=[],
+            message=f"{reason}; group recreated",
+            event=(
+                "Warning",
+                "GroupRestart",
+                f"group {group.index}: {reason}; deleting {', '.join(names)} (restart {restarts + 1}/{spec.max_group_restarts})",
+            ),
             **base,
         )
 
-    if complete and not formed or (complete and not (present_uids & set(formed))):
+    if (complete and not formed) or (complete and not (present_uids & set(formed))):
         formed = sorted(present_uids)  # the group (re-)formed with these pods
     if not present:
         return GroupDecision(phase="Pending", gate=False, pod_uids=formed, message="waiting for pods", **base)

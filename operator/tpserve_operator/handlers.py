@@ -44,7 +44,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True
     # Keep kopf's own bookkeeping in annotations: the status is ours and schema-checked.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tpserve.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tpserve.io", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tpserve.io", key="last-handled-configuration"
+    )
     settings.posting.level = logging.WARNING  # our own decisions are posted explicitly
     settings.watching.server_timeout = 120
     settings.networking.request_timeout = 30

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from .objects import API_GROUP, PLURAL
 
@@ -46,9 +47,17 @@ class Kube:
     # -- generic apply ---------------------------------------------------------------------------
     def _ops(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         if kind == "StatefulSet":
-            return self.apps.read_namespaced_stateful_set, self.apps.create_namespaced_stateful_set, self.apps.patch_namespaced_stateful_set
+            return (
+                self.apps.read_namespaced_stateful_set,
+                self.apps.create_namespaced_stateful_set,
+                self.apps.patch_namespaced_stateful_set,
+            )
         if kind == "Service":
-            return self.core.read_namespaced_service, self.core.create_namespaced_service, self.core.patch_namespaced_service
+            return (
+                self.core.read_namespaced_service,
+                self.core.create_namespaced_service,
+                self.core.patch_namespaced_service,
+            )
         raise ValueError(f"unsupported kind {kind}")
 
     async def apply(self, obj: Obj) -> str:
@@ -80,7 +89,9 @@ class Kube:
 
     async def read_service(self, namespace: str, name: str) -> Obj | None:
         try:
-            return await self._call(self.custom.get_namespaced_custom_object, API_GROUP, "v1alpha1", namespace, PLURAL, name)
+            return await self._call(
+                self.custom.get_namespaced_custom_object, API_GROUP, "v1alpha1", namespace, PLURAL, name
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -93,7 +104,9 @@ class Kube:
             return list((result or {}).get("items", []))
         items: list[Obj] = []
         for namespace in namespaces:
-            result = await self._call(self.custom.list_namespaced_custom_object, API_GROUP, "v1alpha1", namespace, PLURAL)
+            result = await self._call(
+                self.custom.list_namespaced_custom_object, API_GROUP, "v1alpha1", namespace, PLURAL
+            )
             items += (result or {}).get("items", [])
         return items
 
@@ -106,11 +119,19 @@ class Kube:
 
     async def set_pod_condition(self, namespace: str, name: str, condition: Obj) -> None:
         # Strategic merge on pod status merges conditions by type: other conditions stay.
-        await self._ignore_404(self.core.patch_namespaced_pod_status, name, namespace, {"status": {"conditions": [condition]}})
+        await self._ignore_404(
+            self.core.patch_namespaced_pod_status, name, namespace, {"status": {"conditions": [condition]}}
+        )
 
     async def patch_service_status(self, namespace: str, name: str, status: Obj) -> None:
         await self._ignore_404(
-            self.custom.patch_namespaced_custom_object_status, API_GROUP, "v1alpha1", namespace, PLURAL, name, {"status": status}
+            self.custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            "v1alpha1",
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
         )
 
     async def _ignore_404(self, fn: Callable[..., Any], *args: Any) -> None:

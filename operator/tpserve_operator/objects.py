@@ -95,14 +95,22 @@ def _metadata(spec: ServiceSpec, name: str, owner_uid: str, extra_labels: dict[s
 def server_args(spec: ServiceSpec, node_rank: str, dist_init_addr: str) -> list[str]:
     """The server's command-line flags; `node_rank` may be a $(VAR) the kubelet expands."""
     args = [
-        "--model", spec.model_path,
-        "--tp", str(spec.tensor_parallel_size),
-        "--nnodes", str(spec.nodes),
-        "--node-rank", node_rank,
-        "--dist-init-addr", dist_init_addr,
-        "--host", "0.0.0.0",
-        "--port", str(spec.port),
-        "--device", spec.device,
+        "--model",
+        spec.model_path,
+        "--tp",
+        str(spec.tensor_parallel_size),
+        "--nnodes",
+        str(spec.nodes),
+        "--node-rank",
+        node_rank,
+        "--dist-init-addr",
+        dist_init_addr,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(spec.port),
+        "--device",
+        spec.device,
     ]
     if spec.served_name:
         args += ["--served-model-name", spec.served_name]
@@ -123,7 +131,7 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
     if spec.device == "cuda":
         resources.setdefault("limits", {})[GPU_RESOURCE] = str(spec.gpus_per_pod)
         resources.setdefault("requests", {})[GPU_RESOURCE] = str(spec.gpus_per_pod)
-    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    mounts: list[Obj] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if spec.model_volume:
         mounts.append({"name": "model", "mountPath": spec.model_mount_path, "readOnly": True})
     ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
@@ -170,8 +178,16 @@ def _pod_template(spec: ServiceSpec, labels: dict[str, str], container: Obj, lea
     return {"metadata": {"labels": labels}, "spec": pod_spec}
 
 
-def _statefulset(spec: ServiceSpec, name: str, owner_uid: str, labels: dict[str, str], selector: dict[str, str],
-                 replicas: int, template: Obj, first_ordinal: int) -> Obj:
+def _statefulset(
+    spec: ServiceSpec,
+    name: str,
+    owner_uid: str,
+    labels: dict[str, str],
+    selector: dict[str, str],
+    replicas: int,
+    template: Obj,
+    first_ordinal: int,
+) -> Obj:
     sts_spec: Obj = {
         "replicas": replicas,
         "serviceName": headless_name(spec.name),
@@ -182,29 +198,59 @@ def _statefulset(spec: ServiceSpec, name: str, owner_uid: str, labels: dict[str,
     }
     if first_ordinal:
         sts_spec["ordinals"] = {"start": first_ordinal}
-    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _metadata(spec, name, owner_uid, labels), "spec": sts_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(spec, name, owner_uid, labels),
+        "spec": sts_spec,
+    }
 
 
 def leader_statefulset(spec: ServiceSpec, owner_uid: str) -> Obj:
-    labels = common_labels(spec) | {LABEL_ROLE: "leader", "app.kubernetes.io/component": "leader", LABEL_SPEC_HASH: spec.spec_hash}
+    labels = common_labels(spec) | {
+        LABEL_ROLE: "leader",
+        "app.kubernetes.io/component": "leader",
+        LABEL_SPEC_HASH: spec.spec_hash,
+    }
     env = [_field_env("TPSERVE_POD_NAME", "metadata.name")]
     # Node 0 hosts the rendezvous; with one node it never leaves the pod.
-    address = f"$(TPSERVE_POD_NAME).{headless_name(spec.name)}:{RENDEZVOUS_PORT}" if spec.nodes > 1 else f"127.0.0.1:{RENDEZVOUS_PORT}"
+    address = (
+        f"$(TPSERVE_POD_NAME).{headless_name(spec.name)}:{RENDEZVOUS_PORT}"
+        if spec.nodes > 1
+        else f"127.0.0.1:{RENDEZVOUS_PORT}"
+    )
     container = _container(spec, server_args(spec, "0", address), env, leader=True)
     return _statefulset(
-        spec, leader_name(spec.name), owner_uid, {LABEL_ROLE: "leader"}, leader_selector(spec.name),
-        spec.replicas, _pod_template(spec, labels, container, leader=True), first_ordinal=0,
+        spec,
+        leader_name(spec.name),
+        owner_uid,
+        {LABEL_ROLE: "leader"},
+        leader_selector(spec.name),
+        spec.replicas,
+        _pod_template(spec, labels, container, leader=True),
+        first_ordinal=0,
     )
 
 
 def worker_statefulset(spec: ServiceSpec, owner_uid: str, group: int) -> Obj:
     role = {LABEL_ROLE: "worker", LABEL_GROUP: str(group)}
     labels = common_labels(spec) | role | {"app.kubernetes.io/component": "worker", LABEL_SPEC_HASH: spec.spec_hash}
-    env = [_field_env("TPSERVE_POD_NAME", "metadata.name"), _field_env("TPSERVE_NODE_RANK", f"metadata.labels['{POD_INDEX_LABEL}']")]
-    container = _container(spec, server_args(spec, "$(TPSERVE_NODE_RANK)", leader_address(spec.name, group)), env, leader=False)
+    env = [
+        _field_env("TPSERVE_POD_NAME", "metadata.name"),
+        _field_env("TPSERVE_NODE_RANK", f"metadata.labels['{POD_INDEX_LABEL}']"),
+    ]
+    container = _container(
+        spec, server_args(spec, "$(TPSERVE_NODE_RANK)", leader_address(spec.name, group)), env, leader=False
+    )
     return _statefulset(
-        spec, worker_name(spec.name, group), owner_uid, role, {LABEL_SERVICE: spec.name} | role,
-        spec.nodes - 1, _pod_template(spec, labels, container, leader=False), first_ordinal=1,
+        spec,
+        worker_name(spec.name, group),
+        owner_uid,
+        role,
+        {LABEL_SERVICE: spec.name} | role,
+        spec.nodes - 1,
+        _pod_template(spec, labels, container, leader=False),
+        first_ordinal=1,
     )
 
 

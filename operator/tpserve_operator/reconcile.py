@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .groups import GroupDecision, decide_group, split_groups
 from .kube import Kube
@@ -84,7 +85,11 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
     status = service_status(spec, previous, generation, decisions, moment)
     if _status_changed(previous, status):
         if status["phase"] != previous.get("phase"):
-            emit("Normal" if status["phase"] in ("Ready", "Starting") else "Warning", f"Phase{status['phase']}", status["message"])
+            emit(
+                "Normal" if status["phase"] in ("Ready", "Starting") else "Warning",
+                f"Phase{status['phase']}",
+                status["message"],
+            )
         await kube.patch_service_status(namespace, name, status)
 
 
@@ -115,14 +120,25 @@ async def _set_gate(kube: Kube, leader: Obj, ready: bool, message: str, moment: 
     )
 
 
-def _condition(previous: Obj, kind: str, status: bool, reason: str, message: str, generation: int, moment: datetime.datetime) -> Obj:
+def _condition(
+    previous: Obj, kind: str, status: bool, reason: str, message: str, generation: int, moment: datetime.datetime
+) -> Obj:
     value = "True" if status else "False"
     old = next((c for c in previous.get("conditions") or [] if c.get("type") == kind), None)
     since = old["lastTransitionTime"] if old and old.get("status") == value else _timestamp(moment)
-    return {"type": kind, "status": value, "reason": reason, "message": message, "observedGeneration": generation, "lastTransitionTime": since}
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    }
 
 
-def service_status(spec: ServiceSpec, previous: Obj, generation: int, decisions: list[GroupDecision], moment: datetime.datetime) -> Obj:
+def service_status(
+    spec: ServiceSpec, previous: Obj, generation: int, decisions: list[GroupDecision], moment: datetime.datetime
+) -> Obj:
     ready = sum(d.phase == "Ready" for d in decisions)
     failed = [d for d in decisions if d.phase == "Failed"]
     total = spec.replicas
@@ -135,12 +151,39 @@ def service_status(spec: ServiceSpec, previous: Obj, generation: int, decisions:
     elif ready > 0 or failed:
         phase, message = "Degraded", f"{ready}/{total} group(s) ready" + (f"; {failed[0].message}" if failed else "")
     else:
-        phase, message = "Starting", f"0/{total} group(s) ready; " + "; ".join(f"group {d.index}: {d.message}" for d in decisions)
+        phase, message = (
+            "Starting",
+            f"0/{total} group(s) ready; " + "; ".join(f"group {d.index}: {d.message}" for d in decisions),
+        )
     progressing = phase != "Ready" and not failed
     conditions = [
-        _condition(previous, "Ready", phase == "Ready", "AllGroupsReady" if phase == "Ready" else "GroupsNotReady", message, generation, moment),
-        _condition(previous, "Progressing", progressing, "Reconciling" if progressing else "Stable", message, generation, moment),
-        _condition(previous, "Degraded", phase in ("Degraded", "Failed"), "GroupFailed" if failed else ("GroupsNotReady" if phase == "Degraded" else "AsExpected"), message, generation, moment),
+        _condition(
+            previous,
+            "Ready",
+            phase == "Ready",
+            "AllGroupsReady" if phase == "Ready" else "GroupsNotReady",
+            message,
+            generation,
+            moment,
+        ),
+        _condition(
+            previous,
+            "Progressing",
+            progressing,
+            "Reconciling" if progressing else "Stable",
+            message,
+            generation,
+            moment,
+        ),
+        _condition(
+            previous,
+            "Degraded",
+            phase in ("Degraded", "Failed"),
+            "GroupFailed" if failed else ("GroupsNotReady" if phase == "Degraded" else "AsExpected"),
+            message,
+            generation,
+            moment,
+        ),
     ]
     return {
         "phase": phase,

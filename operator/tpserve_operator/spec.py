@@ -16,8 +16,17 @@ RENDEZVOUS_PORT = 29500
 
 # Flags the operator derives itself: a user passing them in extraArgs would split the group's view.
 DERIVED_FLAGS = (
-    "--model", "--model-path", "--tp", "--tp-size", "--nnodes", "--node-rank", "--dist-init-addr",
-    "--port", "--host", "--served-model-name", "--device",
+    "--model",
+    "--model-path",
+    "--tp",
+    "--tp-size",
+    "--nnodes",
+    "--node-rank",
+    "--dist-init-addr",
+    "--port",
+    "--host",
+    "--served-model-name",
+    "--device",
 )
 
 
@@ -94,7 +103,7 @@ class ServiceSpec:
         return self.tensor_parallel_size // self.nodes
 
     @staticmethod
-    def parse(name: str, namespace: str, spec: dict[str, Any]) -> "ServiceSpec":
+    def parse(name: str, namespace: str, spec: dict[str, Any]) -> ServiceSpec:
         model = _mapping(spec, "model")
         engine = _mapping(spec, "engine")
         tp = _int(spec, "tensorParallelSize", required=True)
@@ -114,11 +123,16 @@ class ServiceSpec:
         extra = tuple(str(a) for a in engine.get("extraArgs") or ())
         for arg in extra:
             if arg.split("=", 1)[0] in DERIVED_FLAGS:
-                raise SpecError("engine.extraArgs", f"{arg.split('=', 1)[0]} is derived by the operator; set the matching spec field instead")
+                raise SpecError(
+                    "engine.extraArgs",
+                    f"{arg.split('=', 1)[0]} is derived by the operator; set the matching spec field instead",
+                )
         resources = dict(spec.get("resources") or {})
         for section in ("limits", "requests"):
             if GPU_RESOURCE in (resources.get(section) or {}):
-                raise SpecError(f"resources.{section}", f"{GPU_RESOURCE} is derived from tensorParallelSize / nodes; do not set it")
+                raise SpecError(
+                    f"resources.{section}", f"{GPU_RESOURCE} is derived from tensorParallelSize / nodes; do not set it"
+                )
         device = spec.get("device", "cuda")
         if device not in ("cuda", "cpu"):
             raise SpecError("device", f"must be cuda or cpu, got {device!r}")

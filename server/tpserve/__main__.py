@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from .cli import server_args
+from .entrypoints.cli import server_args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = server_args(argv)  # exits 2 with one clear line on bad flags, before any process starts
-    from .server import serve
+    from .entrypoints.node_server import serve
 
     sys.exit(serve(args))
 

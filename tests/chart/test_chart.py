@@ -39,7 +39,9 @@ def values_args(values: dict) -> list[str]:
 
 
 def render(values: dict) -> list[dict]:
-    proc = helm("template", "tpserve", str(CHART), "--namespace", "tpserve-system", "--include-crds", *values_args(values))
+    proc = helm(
+        "template", "tpserve", str(CHART), "--namespace", "tpserve-system", "--include-crds", *values_args(values)
+    )
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -47,10 +49,19 @@ def render(values: dict) -> list[dict]:
 VALUES_MATRIX = {
     "defaults": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
-    "existing-sa": {"serviceAccount": {"create": False, "name": "ops"}, "image": {"repository": "r.example/op", "tag": "1.2.3", "pullPolicy": "Always"}},
-    "scheduling": {"nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "x", "operator": "Exists"}],
-                   "imagePullSecrets": [{"name": "regcred"}], "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
-                   "podAnnotations": {"a": "b"}, "logLevel": "debug", "priorityClassName": "system-cluster-critical"},
+    "existing-sa": {
+        "serviceAccount": {"create": False, "name": "ops"},
+        "image": {"repository": "r.example/op", "tag": "1.2.3", "pullPolicy": "Always"},
+    },
+    "scheduling": {
+        "nodeSelector": {"pool": "cpu"},
+        "tolerations": [{"key": "x", "operator": "Exists"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+        "podAnnotations": {"a": "b"},
+        "logLevel": "debug",
+        "priorityClassName": "system-cluster-critical",
+    },
 }
 
 
@@ -92,7 +103,9 @@ def test_rbac_is_least_privilege() -> None:
         roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
         for role in roles:
             for rule in role["rules"]:
-                assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule.get("apiGroups", [])
+                assert (
+                    "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule.get("apiGroups", [])
+                )
     namespaced = render(VALUES_MATRIX["namespaced"])
     assert sorted(o["metadata"]["namespace"] for o in namespaced if o["kind"] == "Role") == ["team-a", "team-b"]
     cluster_roles = [o for o in namespaced if o["kind"] == "ClusterRole"]
@@ -116,7 +129,14 @@ def test_chart_ships_the_same_crd() -> None:
     crd = yaml.safe_load(CRD.read_text())
     kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
     version = crd["spec"]["versions"][0]
-    assert {c["name"] for c in version["additionalPrinterColumns"]} == {"TP", "Nodes", "Ready", "Phase", "Endpoint", "Age"}
+    assert {c["name"] for c in version["additionalPrinterColumns"]} == {
+        "TP",
+        "Nodes",
+        "Ready",
+        "Phase",
+        "Endpoint",
+        "Age",
+    }
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert crd["spec"]["names"]["shortNames"] == ["tpis"]
 

@@ -10,6 +10,7 @@ gates, restartCount, podIP) back to the API. Deleted pods have their processes s
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -105,9 +106,16 @@ class ProcessKubelet:
         subdomain = pod["spec"].get("subdomain")
         if subdomain:
             base = f"{hostname}.{subdomain}"
-            names += [base, f"{base}.{self.namespace}", f"{base}.{self.namespace}.svc", f"{base}.{self.namespace}.svc.cluster.local"]
+            names += [
+                base,
+                f"{base}.{self.namespace}",
+                f"{base}.{self.namespace}.svc",
+                f"{base}.{self.namespace}.svc.cluster.local",
+            ]
         network = self.bridge.add_pod(pod["metadata"]["uid"], names)
-        runtime = PodRuntime(name, pod["metadata"]["uid"], pod, network, self.workdir / f"{name}-{pod['metadata']['uid'][:8]}.log")
+        runtime = PodRuntime(
+            name, pod["metadata"]["uid"], pod, network, self.workdir / f"{name}-{pod['metadata']['uid'][:8]}.log"
+        )
         self.pods[runtime.uid] = runtime
         self._start(runtime)
 
@@ -169,11 +177,25 @@ class ProcessKubelet:
             **env,
         }
         setup = [f"hostname {runtime.network.hostnames[0]}", *self._mount_script(runtime), 'exec "$@"']
-        command = ["ip", "netns", "exec", runtime.network.netns, "unshare", "--uts", "sh", "-c", " && ".join(setup), "sh", *argv]
+        command = [
+            "ip",
+            "netns",
+            "exec",
+            runtime.network.netns,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            " && ".join(setup),
+            "sh",
+            *argv,
+        ]
         log = open(runtime.log_path, "ab")
         log.write(f"\n=== start (restart {runtime.restart_count}): {' '.join(argv)}\n".encode())
         log.flush()
-        runtime.process = subprocess.Popen(command, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        runtime.process = subprocess.Popen(
+            command, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         runtime.reset_probes()
 
@@ -185,10 +207,8 @@ class ProcessKubelet:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=STOP_GRACE_S)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.wait(timeout=10)
 
     def _restart_later(self, runtime: PodRuntime, why: str) -> None:
@@ -206,7 +226,9 @@ class ProcessKubelet:
         if isinstance(port, str):
             port = next(p["containerPort"] for p in runtime.container.get("ports", []) if p.get("name") == port)
         try:
-            response = httpx.get(f"http://{runtime.network.ip}:{port}{http['path']}", timeout=min(2, spec.get("timeoutSeconds", 1)))
+            response = httpx.get(
+                f"http://{runtime.network.ip}:{port}{http['path']}", timeout=min(2, spec.get("timeoutSeconds", 1))
+            )
             return 200 <= response.status_code < 400
         except httpx.HTTPError:
             return False
@@ -221,7 +243,11 @@ class ProcessKubelet:
                 self._start(runtime)
         else:
             for kind, probe in runtime.probes.items():
-                if now < probe.next_at or (kind != "startupProbe" and not runtime.started) or (kind == "startupProbe" and runtime.started):
+                if (
+                    now < probe.next_at
+                    or (kind != "startupProbe" and not runtime.started)
+                    or (kind == "startupProbe" and runtime.started)
+                ):
                     continue
                 probe.next_at = now + probe.spec.get("periodSeconds", 10)
                 ok = self._probe(runtime, probe.spec)
@@ -268,13 +294,28 @@ class ProcessKubelet:
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()},
                 {"type": "Initialized", "status": "True", "lastTransitionTime": _now()},
-                {"type": "ContainersReady", "status": "True" if containers_ready else "False", "lastTransitionTime": _now()},
-                {"type": "Ready", "status": "True" if containers_ready and gates_ok else "False", "lastTransitionTime": _now()},
+                {
+                    "type": "ContainersReady",
+                    "status": "True" if containers_ready else "False",
+                    "lastTransitionTime": _now(),
+                },
+                {
+                    "type": "Ready",
+                    "status": "True" if containers_ready and gates_ok else "False",
+                    "lastTransitionTime": _now(),
+                },
             ],
-            "containerStatuses": [{
-                "name": runtime.container["name"], "ready": containers_ready, "restartCount": runtime.restart_count,
-                "started": runtime.started, "image": runtime.container["image"], "imageID": "", "state": state,
-            }],
+            "containerStatuses": [
+                {
+                    "name": runtime.container["name"],
+                    "ready": containers_ready,
+                    "restartCount": runtime.restart_count,
+                    "started": runtime.started,
+                    "image": runtime.container["image"],
+                    "imageID": "",
+                    "state": state,
+                }
+            ],
         }
         tolerate(404, self.core.patch_namespaced_pod_status, runtime.name, self.namespace, {"status": status})
         runtime.status_written = wanted

@@ -52,8 +52,9 @@ class E2ECluster:
 
     def chat(self, base_url: str, model: str = "tiny") -> str:
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=60)
-        reply = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=12, temperature=0,
-                                               extra_body={"ignore_eos": True})
+        reply = client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+        )
         return reply.choices[0].message.content or ""
 
     def log_tail(self) -> str:
@@ -77,8 +78,12 @@ def e2e(tmp_path: Path, tiny_checkpoint) -> Iterator[E2ECluster]:
 
 def tiny_service(model_dir: Path, name: str = "tiny", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": {"path": f"{MOUNT_PATH}", "servedName": "tiny", "mountPath": MOUNT_PATH,
-                  "volume": {"hostPath": {"path": str(model_dir), "type": "Directory"}}},
+        "model": {
+            "path": f"{MOUNT_PATH}",
+            "servedName": "tiny",
+            "mountPath": MOUNT_PATH,
+            "volume": {"hostPath": {"path": str(model_dir), "type": "Directory"}},
+        },
         "image": "tpserve:e2e",
         "device": "cpu",
         "tensorParallelSize": 2,
@@ -88,8 +93,12 @@ def tiny_service(model_dir: Path, name: str = "tiny", **spec: Any) -> dict[str, 
         "shmSize": "256Mi",
     }
     body.update(spec)
-    return {"apiVersion": "tpserve.io/v1alpha1", "kind": "TPInferenceService",
-            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": body}
+    return {
+        "apiVersion": "tpserve.io/v1alpha1",
+        "kind": "TPInferenceService",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": body,
+    }
 
 
 def wait_ready(e2e: E2ECluster, name: str, groups: int = 1, restarts: int | None = None) -> dict[str, Any]:
@@ -126,7 +135,9 @@ def test_group_forms_serves_and_survives_a_killed_worker(e2e: E2ECluster, tiny_c
     # kill -9 the worker's server process: the group must fail fast and be recreated whole.
     leader_ip = e2e.kubelet.runtime("tiny-leader-0").network.ip
     e2e.kubelet.kill_container("tiny-worker-0-1")
-    poll_until(lambda: (r := _get(f"http://{leader_ip}:30000/health")) is None or r.status_code == 503, 10, what="leader 503")
+    poll_until(
+        lambda: (r := _get(f"http://{leader_ip}:30000/health")) is None or r.status_code == 503, 10, what="leader 503"
+    )
     poll_until(lambda: e2e.service_endpoints("tiny") == [], 30, what="leader unready")
     status = wait_ready(e2e, "tiny", restarts=1)
     assert status["groups"][0]["restarts"] == 1
@@ -139,7 +150,12 @@ def test_engine_change_rolls_the_group(e2e: E2ECluster, tiny_checkpoint, offline
     wait_ready(e2e, "tiny")
     old_leader = e2e.kubelet.runtime("tiny-leader-0").uid
     e2e.cluster.patch_spec("tiny", {"engine": {"maxPrefillLength": 64}})
-    poll_until(lambda: (r := e2e.kubelet.find("tiny-leader-0")) is not None and r.uid != old_leader, 60, interval_s=0.5, what="leader replaced")
+    poll_until(
+        lambda: (r := e2e.kubelet.find("tiny-leader-0")) is not None and r.uid != old_leader,
+        60,
+        interval_s=0.5,
+        what="leader replaced",
+    )
     wait_ready(e2e, "tiny")
     for pod in ("tiny-leader-0", "tiny-worker-0-1"):
         argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]

@@ -95,7 +95,8 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
                 # Marking for deletion is a change: it gets a new resourceVersion (kopf skips
                 # watch events whose version it has already seen).
                 self.objects[resource, request.namespace, request.name].patch(
-                    {"metadata": {"resourceVersion": str(next(self._versions))}})
+                    {"metadata": {"resourceVersion": str(next(self._versions))}}
+                )
             response = await super()._handle(request)
             # Deleted now (directly, or by its last finalizer going away): cascade to dependents.
             if before is not None and self._stored(resource, request.namespace, request.name) is None:
@@ -127,7 +128,9 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         elif has_status:
             patch.pop("status", None)
         if self._key_of(request.resource) == ("", "pods") and "conditions" in patch.get("status", {}):
-            patch["status"]["conditions"] = _merge_by_type(current.get("status", {}).get("conditions") or [], patch["status"]["conditions"])
+            patch["status"]["conditions"] = _merge_by_type(
+                current.get("status", {}).get("conditions") or [], patch["status"]["conditions"]
+            )
         meta_patch = patch.setdefault("metadata", {})
         for immutable in ("uid", "creationTimestamp", "generation", "name", "namespace"):
             meta_patch.pop(immutable, None)
@@ -139,7 +142,9 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         meta_patch["resourceVersion"] = str(next(self._versions))
         return patch
 
-    def _on_json_patch(self, request: rendering.Request, current: dict[str, Any], ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _on_json_patch(
+        self, request: rendering.Request, current: dict[str, Any], ops: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """RFC 6902 patches (kopf's): failed `test` ops are 422 as on a real server; status isolation applies."""
         try:
             patched = jsonpatch.apply_patch(current, ops, in_place=False)
@@ -150,7 +155,13 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             ops = [op for op in ops if op["op"] == "test" or op["path"].startswith("/status") == on_status]
         extra = [{"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))}]
         if not on_status and patched.get("spec") != current.get("spec"):
-            extra.append({"op": "add", "path": "/metadata/generation", "value": int(current["metadata"].get("generation", 1)) + 1})
+            extra.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/generation",
+                    "value": int(current["metadata"].get("generation", 1)) + 1,
+                }
+            )
         return ops + extra
 
     async def _filtered_list(self, request: rendering.Request) -> Any:
@@ -164,7 +175,9 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
             raw = dict(obj.raw)
             if label_selector_matches(selector, raw.get("metadata", {}).get("labels") or {}):
                 items.append(raw)
-        return await self._render_payload(request, {"metadata": {"resourceVersion": str(next(self._versions))}, "items": items})
+        return await self._render_payload(
+            request, {"metadata": {"resourceVersion": str(next(self._versions))}, "items": items}
+        )
 
     async def _render_payload(self, request: rendering.Request, payload: dict[str, Any]) -> Any:
         import aiohttp.web
@@ -175,7 +188,7 @@ class RealisticKubernetes(kmock.KubernetesEmulator):
         """Cascade deletion to dependents, as the garbage collector does (background propagation)."""
         if not owner_uid:
             return
-        for (resource, namespace, name), obj in list(self.objects.items()):
+        for (resource, _namespace, _name), obj in list(self.objects.items()):
             if obj.deleted:
                 continue
             refs = dict(obj.raw).get("metadata", {}).get("ownerReferences") or []
@@ -212,18 +225,26 @@ class ApiServerThread:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="fake-apiserver", daemon=True)
 
-    def __enter__(self) -> "ApiServerThread":
+    def __enter__(self) -> ApiServerThread:
         self._thread.start()
         if not self._started.wait(30):
             raise RuntimeError("fake API server did not start")
         # The path was fixed before `kubernetes` was imported (tests/conftest.py); only the content changes.
         self.kubeconfig = Path(os.environ["KUBECONFIG"])
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": {"token": "test-token"}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}],
-        }))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "test",
+                    "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+                    "users": [{"name": "test", "user": {"token": "test-token"}}],
+                    "contexts": [
+                        {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}
+                    ],
+                }
+            )
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -249,19 +270,39 @@ def register_resources(handler: RealisticKubernetes) -> None:
     crd = yaml.safe_load(CRD_PATH.read_text())
     names = crd["spec"]["names"]
     handler.resources["tpserve.io/v1alpha1/tpinferenceservices"] = kmock.ResourceInfo(
-        kind=names["kind"], singular=names["singular"], namespaced=True, shortnames=set(names["shortNames"]),
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status", "scale"},
+        kind=names["kind"],
+        singular=names["singular"],
+        namespaced=True,
+        shortnames=set(names["shortNames"]),
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status", "scale"},
     )
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    for plural, kind, subresources in (("pods", "Pod", {"status"}), ("services", "Service", {"status"}), ("events", "Event", set())):
-        handler.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, singular=plural[:-1], namespaced=True, verbs=verbs, subresources=subresources)
-    handler.resources["apps/v1/statefulsets"] = kmock.ResourceInfo(kind="StatefulSet", singular="statefulset", namespaced=True, verbs=verbs, subresources={"status", "scale"})
-    handler.resources["events.k8s.io/v1/events"] = kmock.ResourceInfo(kind="Event", singular="event", namespaced=True, verbs=verbs)
-    handler.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", singular="namespace", namespaced=False, verbs=verbs)
+    for plural, kind, subresources in (
+        ("pods", "Pod", {"status"}),
+        ("services", "Service", {"status"}),
+        ("events", "Event", set()),
+    ):
+        handler.resources[f"v1/{plural}"] = kmock.ResourceInfo(
+            kind=kind, singular=plural[:-1], namespaced=True, verbs=verbs, subresources=subresources
+        )
+    handler.resources["apps/v1/statefulsets"] = kmock.ResourceInfo(
+        kind="StatefulSet", singular="statefulset", namespaced=True, verbs=verbs, subresources={"status", "scale"}
+    )
+    handler.resources["events.k8s.io/v1/events"] = kmock.ResourceInfo(
+        kind="Event", singular="event", namespaced=True, verbs=verbs
+    )
+    handler.resources["v1/namespaces"] = kmock.ResourceInfo(
+        kind="Namespace", singular="namespace", namespaced=False, verbs=verbs
+    )
     handler.objects[kmock.resource("", "v1", "namespaces"), None, "default"] = {
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "uid": str(uuid.uuid4())}}
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "default", "uid": str(uuid.uuid4())},
+    }
     # kopf watches CRDs to notice resources appearing; serve ours as a real cluster would.
     handler.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs=verbs)
+        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs=verbs
+    )
     crd_resource = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
     handler.objects[crd_resource, None, crd["metadata"]["name"]] = crd

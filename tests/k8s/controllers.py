@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import datetime
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -77,10 +78,16 @@ class StatefulSetController:
                 "name": pod_name,
                 "namespace": self.namespace,
                 "labels": labels,
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"],
-                    "uid": sts["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
-                }],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "StatefulSet",
+                        "name": sts["metadata"]["name"],
+                        "uid": sts["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": {**template["spec"], "hostname": pod_name, "subdomain": sts["spec"]["serviceName"]},
             "status": {"phase": "Pending"},
@@ -118,8 +125,13 @@ class SimulatedKubelet:
         }
         restarts = self.restarts.get(name, 0)
         current_restarts = sum(c.get("restartCount", 0) for c in status.get("containerStatuses") or [])
-        changed = status.get("phase") != "Running" or current_restarts != restarts or any(
-            conditions.get(kind, {}).get("status") != ("True" if value else "False") for kind, value in wanted.items()
+        changed = (
+            status.get("phase") != "Running"
+            or current_restarts != restarts
+            or any(
+                conditions.get(kind, {}).get("status") != ("True" if value else "False")
+                for kind, value in wanted.items()
+            )
         )
         if not changed:
             return
@@ -130,7 +142,16 @@ class SimulatedKubelet:
                     {"type": kind, "status": "True" if value else "False", "lastTransitionTime": _now()}
                     for kind, value in wanted.items()
                 ],
-                "containerStatuses": [{"name": "server", "ready": ready, "restartCount": restarts, "image": "x", "imageID": "", "started": True}],
+                "containerStatuses": [
+                    {
+                        "name": "server",
+                        "ready": ready,
+                        "restartCount": restarts,
+                        "image": "x",
+                        "imageID": "",
+                        "started": True,
+                    }
+                ],
             }
         }
         tolerate(404, self.core.patch_namespaced_pod_status, name, self.namespace, patch)
@@ -146,7 +167,9 @@ class GarbageCollector:
         self.custom = client.CustomObjectsApi()
 
     def sync(self) -> None:
-        services = raw(self.custom.list_namespaced_custom_object, "tpserve.io", "v1alpha1", self.namespace, "tpinferenceservices")["items"]
+        services = raw(
+            self.custom.list_namespaced_custom_object, "tpserve.io", "v1alpha1", self.namespace, "tpinferenceservices"
+        )["items"]
         statefulsets = raw(self.apps.list_namespaced_stateful_set, self.namespace)["items"]
         kube_services = raw(self.core.list_namespaced_service, self.namespace)["items"]
         pods = raw(self.core.list_namespaced_pod, self.namespace)["items"]
@@ -173,7 +196,7 @@ class ControllerLoop:
         self._thread = threading.Thread(target=self._run, name="fake-controllers", daemon=True)
         self.errors: list[BaseException] = []
 
-    def __enter__(self) -> "ControllerLoop":
+    def __enter__(self) -> ControllerLoop:
         self._thread.start()
         return self
 

@@ -12,10 +12,10 @@ from typing import Any
 os.environ.setdefault("TPSERVE_RECONCILE_INTERVAL_S", "0.5")
 os.environ.setdefault("TPSERVE_RESTART_BACKOFF_BASE_S", "0.2")
 
-from kopf.testing import KopfRunner  # noqa: E402
+from kopf.testing import KopfRunner
 
-from tests.k8s.apiserver import ApiServerThread  # noqa: E402
-from tests.k8s.controllers import ControllerLoop, GarbageCollector, SimulatedKubelet, StatefulSetController, raw  # noqa: E402
+from tests.k8s.apiserver import ApiServerThread
+from tests.k8s.controllers import ControllerLoop, GarbageCollector, SimulatedKubelet, StatefulSetController, raw
 
 NAMESPACE = "default"
 
@@ -34,7 +34,9 @@ class FakeCluster:
 
     # -- reads -------------------------------------------------------------------------------
     def service(self, name: str) -> dict[str, Any]:
-        return raw(self.custom.get_namespaced_custom_object, "tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name)
+        return raw(
+            self.custom.get_namespaced_custom_object, "tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return self.service(name).get("status") or {}
@@ -59,7 +61,9 @@ class FakeCluster:
         self.custom.create_namespaced_custom_object("tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", body)
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object("tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name, {"spec": spec})
+        self.custom.patch_namespaced_custom_object(
+            "tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name, {"spec": spec}
+        )
 
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object("tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name)

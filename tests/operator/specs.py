@@ -8,8 +8,11 @@ from typing import Any
 
 def service_body(name: str = "llama", namespace: str = "default", **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "model": {"path": "/models/llama-3.1-70b", "servedName": "llama-70b",
-                  "volume": {"persistentVolumeClaim": {"claimName": "models"}}},
+        "model": {
+            "path": "/models/llama-3.1-70b",
+            "servedName": "llama-70b",
+            "volume": {"persistentVolumeClaim": {"claimName": "models"}},
+        },
         "image": "registry.example.com/tpserve:0.1.0",
         "tensorParallelSize": 16,
         "nodes": 2,

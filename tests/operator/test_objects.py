@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tpserve.cli import build_parser
+from tpserve.entrypoints.cli import build_parser
 from tpserve_operator.objects import GROUP_READY_GATE, desired_objects
 from tpserve_operator.spec import ServiceSpec, SpecError
 
@@ -33,8 +33,11 @@ def expand(args: list[str], env: dict[str, str]) -> list[str]:
 def test_two_node_tp16_objects() -> None:
     objects = build(replicas=2)
     assert set(objects) == {
-        "Service/llama-headless", "Service/llama", "StatefulSet/llama-leader",
-        "StatefulSet/llama-worker-0", "StatefulSet/llama-worker-1",
+        "Service/llama-headless",
+        "Service/llama",
+        "StatefulSet/llama-leader",
+        "StatefulSet/llama-worker-0",
+        "StatefulSet/llama-worker-1",
     }
     headless = objects["Service/llama-headless"]["spec"]
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
@@ -70,14 +73,19 @@ def test_rendered_commands_parse_with_the_servers_parser(group: int) -> None:
     assert leader["command"] == ["python3", "-m", "tpserve"]
     leader_ns = parser.parse_args(expand(leader["args"], {"TPSERVE_POD_NAME": f"llama-leader-{group}"}))
     worker = container(objects[f"StatefulSet/llama-worker-{group}"])
-    worker_ns = parser.parse_args(expand(worker["args"], {"TPSERVE_NODE_RANK": "1", "TPSERVE_POD_NAME": f"llama-worker-{group}-1"}))
+    worker_ns = parser.parse_args(
+        expand(worker["args"], {"TPSERVE_NODE_RANK": "1", "TPSERVE_POD_NAME": f"llama-worker-{group}-1"})
+    )
     node0 = f"llama-leader-{group}.llama-headless:29500"
     for ns, rank in ((leader_ns, 0), (worker_ns, 1)):
         assert (ns.tp, ns.nnodes, ns.node_rank, ns.dist_init_addr) == (16, 2, rank, node0)
         assert (ns.model, ns.served_model_name, ns.port) == ("/models/llama-3.1-70b", "llama-70b", 30000)
         assert (ns.mem_fraction_static, ns.max_prefill_length, ns.page_size) == (0.85, 4096, 16)
     worker_env = {e["name"]: e for e in worker["env"]}
-    assert worker_env["TPSERVE_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert (
+        worker_env["TPSERVE_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
 
 
 def test_single_node_group_has_no_workers_and_local_rendezvous() -> None:
@@ -88,8 +96,12 @@ def test_single_node_group_has_no_workers_and_local_rendezvous() -> None:
 
 
 def test_cpu_device_requests_no_gpus_and_engine_switches() -> None:
-    objects = build(tensorParallelSize=2, nodes=2, device="cpu",
-                    engine={"disableCudaGraph": True, "attention": "torch", "extraArgs": ["--log-level", "debug"]})
+    objects = build(
+        tensorParallelSize=2,
+        nodes=2,
+        device="cpu",
+        engine={"disableCudaGraph": True, "attention": "torch", "extraArgs": ["--log-level", "debug"]},
+    )
     c = container(objects["StatefulSet/llama-leader"])
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
     ns = build_parser().parse_args(expand(c["args"], {"TPSERVE_POD_NAME": "llama-leader-0"}))

@@ -42,7 +42,9 @@ def make_ready(cluster: FakeCluster, *pods: str, ready: bool = True) -> None:
 def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: FakeCluster) -> None:
     with operator():
         cluster.create(small())
-        poll_until(lambda: {"llama-leader", "llama-worker-0"} <= cluster.statefulset_names(), TIMEOUT, what="statefulsets")
+        poll_until(
+            lambda: {"llama-leader", "llama-worker-0"} <= cluster.statefulset_names(), TIMEOUT, what="statefulsets"
+        )
         assert {"llama", "llama-headless"} <= cluster.service_names()
         poll_until(lambda: len(cluster.pods("tpserve.io/service=llama")) == 2, TIMEOUT, what="pods")
         status = poll_until(lambda: (s := cluster.status("llama")).get("phase") == "Starting" and s, TIMEOUT)
@@ -58,7 +60,11 @@ def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: FakeClust
         status = poll_until(lambda: (s := cluster.status("llama")).get("phase") == "Ready" and s, TIMEOUT)
         assert status["readyReplicas"] == 1 and status["endpoint"] == "http://llama.default.svc:30000/v1"
         assert status["observedGeneration"] == 1
-        assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "True", "Progressing": "False", "Degraded": "False"}
+        assert {c["type"]: c["status"] for c in status["conditions"]} == {
+            "Ready": "True",
+            "Progressing": "False",
+            "Degraded": "False",
+        }
         # The kubelet folds the gate into the leader's Ready: only now would the Service route to it.
         poll_until(lambda: pod_ready(cluster, "llama-leader-0"), TIMEOUT, what="leader pod Ready")
 
@@ -99,7 +105,11 @@ def test_vanished_worker_pod_recreates_the_group(cluster: FakeCluster) -> None:
         leader_uid = uids(cluster, ["llama-leader-0"])["llama-leader-0"]
         cluster.core.delete_namespaced_pod("llama-worker-0-1", "default")  # e.g. its node was drained
         poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
-        poll_until(lambda: uids(cluster, ["llama-leader-0"]).get("llama-leader-0") not in (None, leader_uid), TIMEOUT, what="leader replaced")
+        poll_until(
+            lambda: uids(cluster, ["llama-leader-0"]).get("llama-leader-0") not in (None, leader_uid),
+            TIMEOUT,
+            what="leader replaced",
+        )
 
 
 def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: FakeCluster) -> None:
@@ -109,7 +119,10 @@ def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: FakeClus
         cluster.kubelet.restarts["llama-worker-0-1"] = 1
         poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT)
         # The recreated worker crashes again: the budget of one restart is spent.
-        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1 and uids(cluster, ["llama-worker-0-1"]), TIMEOUT)
+        poll_until(
+            lambda: cluster.status("llama")["groups"][0]["restarts"] == 1 and uids(cluster, ["llama-worker-0-1"]),
+            TIMEOUT,
+        )
         cluster.kubelet.restarts["llama-worker-0-1"] = 3
         status = poll_until(lambda: (s := cluster.status("llama"))["phase"] == "Failed" and s, TIMEOUT, what="Failed")
         assert "restart budget of 1 exhausted" in status["groups"][0]["message"]
@@ -128,12 +141,18 @@ def test_scale_groups_up_and_down(cluster: FakeCluster) -> None:
         cluster.create(small())
         bring_up(cluster, "llama")
         cluster.patch_spec("llama", {"replicas": 3})
-        status = poll_until(lambda: (s := cluster.status("llama")).get("readyReplicas") == 3 and s, TIMEOUT, what="3 groups")
+        status = poll_until(
+            lambda: (s := cluster.status("llama")).get("readyReplicas") == 3 and s, TIMEOUT, what="3 groups"
+        )
         assert [g["leaderPod"] for g in status["groups"]] == ["llama-leader-0", "llama-leader-1", "llama-leader-2"]
         assert {"llama-worker-0", "llama-worker-1", "llama-worker-2"} <= cluster.statefulset_names()
         assert status["readyText"] == "3/3"
         cluster.patch_spec("llama", {"replicas": 1})
-        poll_until(lambda: not {"llama-worker-1", "llama-worker-2"} & cluster.statefulset_names(), TIMEOUT, what="workers removed")
+        poll_until(
+            lambda: not {"llama-worker-1", "llama-worker-2"} & cluster.statefulset_names(),
+            TIMEOUT,
+            what="workers removed",
+        )
         poll_until(lambda: len(cluster.pods("tpserve.io/service=llama")) == 2, TIMEOUT, what="pods removed")
         assert cluster.status("llama")["replicas"] == 1
 
@@ -141,7 +160,9 @@ def test_scale_groups_up_and_down(cluster: FakeCluster) -> None:
 def test_spec_change_rolls_group_by_group(cluster: FakeCluster) -> None:
     def hashes(group: int) -> set[str]:
         members = group_pods(cluster, "llama", group)
-        return {p["metadata"]["labels"]["tpserve.io/spec-hash"] for p in cluster.pods() if p["metadata"]["name"] in members}
+        return {
+            p["metadata"]["labels"]["tpserve.io/spec-hash"] for p in cluster.pods() if p["metadata"]["name"] in members
+        }
 
     with operator():
         cluster.create(small(replicas=2))
@@ -151,7 +172,9 @@ def test_spec_change_rolls_group_by_group(cluster: FakeCluster) -> None:
         cluster.kubelet.default_ready = False
         make_ready(cluster, *group_pods(cluster, "llama", 1))
         cluster.patch_spec("llama", {"engine": {"maxPrefillLength": 1024}})
-        new_hash = poll_until(lambda: (h := cluster.status("llama")["specHash"]) != old_hash and h, TIMEOUT, what="new spec seen")
+        new_hash = poll_until(
+            lambda: (h := cluster.status("llama")["specHash"]) != old_hash and h, TIMEOUT, what="new spec seen"
+        )
         poll_until(lambda: hashes(0) == {new_hash}, TIMEOUT, what="group 0 replaced")
         poll_until(lambda: cluster.status("llama")["groups"][0]["phase"] == "Starting", TIMEOUT)
         assert hashes(1) == {old_hash}, "group 1 keeps serving while group 0 is not ready"
@@ -173,14 +196,20 @@ def test_delete_leaves_nothing_behind(cluster: FakeCluster) -> None:
         bring_up(cluster, "llama", groups=2)
         assert not cluster.service("llama")["metadata"].get("finalizers"), "deletion must not wait for the operator"
         cluster.delete("llama")
-        poll_until(lambda: not cluster.statefulset_names() and not cluster.service_names() and not cluster.pods(), TIMEOUT, what="all gone")
+        poll_until(
+            lambda: not cluster.statefulset_names() and not cluster.service_names() and not cluster.pods(),
+            TIMEOUT,
+            what="all gone",
+        )
 
 
 def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: FakeCluster) -> None:
     with operator():
         cluster.create(small("broken", engine={"extraArgs": ["--tp", "2"]}))
         cluster.create(small("healthy"))
-        status = poll_until(lambda: (s := cluster.status("broken")).get("phase") == "Failed" and s, TIMEOUT, what="broken Failed")
+        status = poll_until(
+            lambda: (s := cluster.status("broken")).get("phase") == "Failed" and s, TIMEOUT, what="broken Failed"
+        )
         ready = next(c for c in status["conditions"] if c["type"] == "Ready")
         assert ready["reason"] == "InvalidSpec" and "spec.engine.extraArgs" in ready["message"]
         assert any("spec.engine.extraArgs" in e["message"] for e in cluster.events("InvalidSpec"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tpserve.launcher import free_port
+from tpserve.engine.launcher import free_port
 from tpserve.testing.health import ServerNotHealthy, wait_healthy
 
 

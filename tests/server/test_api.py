@@ -28,8 +28,20 @@ def model_dir(tiny_checkpoint) -> Path:
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("server") / "server.log"
     proc = ServerProcess(
-        ["--model", str(model_dir), "--tp", "2", "--device", "cpu", "--served-model-name", "tiny",
-         "--api-key", API_KEY, "--max-prefill-length", "64"],
+        [
+            "--model",
+            str(model_dir),
+            "--tp",
+            "2",
+            "--device",
+            "cpu",
+            "--served-model-name",
+            "tiny",
+            "--api-key",
+            API_KEY,
+            "--max-prefill-length",
+            "64",
+        ],
         log,
     )
     try:
@@ -67,8 +79,16 @@ def test_completion_stream_equals_non_stream_and_usage_counts_tokens(client: ope
     assert full.usage.completion_tokens == 10 == len(choice.logprobs.tokens)
     assert full.usage.prompt_tokens > 0
     assert full.usage.total_tokens == full.usage.prompt_tokens + 10
-    chunks = list(client.completions.create(
-        model="tiny", prompt=PROMPTS[0], max_tokens=10, stream=True, stream_options={"include_usage": True}, **greedy()))
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt=PROMPTS[0],
+            max_tokens=10,
+            stream=True,
+            stream_options={"include_usage": True},
+            **greedy(),
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 10
@@ -88,7 +108,13 @@ def test_chat_stream_and_non_stream_agree(client: openai.OpenAI) -> None:
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
     out = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, logprobs=True, top_logprobs=3, **greedy())
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,
+        **greedy(),
+    )
     content = out.choices[0].logprobs.content
     assert len(content) == 4
     for entry in content:
@@ -100,8 +126,15 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
 
 def test_n_choices_with_seed_are_distinct_and_reproducible(client: openai.OpenAI) -> None:
     def run() -> list[str]:
-        out = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=12, n=2, seed=7, temperature=1.0,
-                                        extra_body={"ignore_eos": True})
+        out = client.completions.create(
+            model="tiny",
+            prompt=PROMPTS[1],
+            max_tokens=12,
+            n=2,
+            seed=7,
+            temperature=1.0,
+            extra_body={"ignore_eos": True},
+        )
         assert sorted(c.index for c in out.choices) == [0, 1]
         assert out.usage.completion_tokens == 24
         return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
@@ -113,8 +146,14 @@ def test_n_choices_with_seed_are_distinct_and_reproducible(client: openai.OpenAI
 
 def test_seeded_chat_is_reproducible(client: openai.OpenAI) -> None:
     def run(seed: int) -> str:
-        out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "count"}],
-                                             max_tokens=16, temperature=1.0, seed=seed, extra_body={"ignore_eos": True})
+        out = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "count"}],
+            max_tokens=16,
+            temperature=1.0,
+            seed=seed,
+            extra_body={"ignore_eos": True},
+        )
         return out.choices[0].message.content or ""
 
     assert run(11) == run(11)
@@ -133,7 +172,9 @@ def test_stop_string_across_token_boundary(client: openai.OpenAI) -> None:
     cut = text.find(stop)
     assert 0 <= cut <= start + len(pieces[0]) - 1
     for stream in (False, True):
-        out = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=16, stop=[stop], stream=stream, **greedy())
+        out = client.completions.create(
+            model="tiny", prompt=PROMPTS[2], max_tokens=16, stop=[stop], stream=stream, **greedy()
+        )
         if stream:
             chunks = list(out)
             got, reason = "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
@@ -145,20 +186,26 @@ def test_stop_string_across_token_boundary(client: openai.OpenAI) -> None:
 
 def test_http_greedy_equals_offline_api(client: openai.OpenAI, model_dir: Path) -> None:
     prompts = PROMPTS[3:6]
-    http = [client.completions.create(model="tiny", prompt=p, max_tokens=14, **greedy()).choices[0].text for p in prompts]
+    http = [
+        client.completions.create(model="tiny", prompt=p, max_tokens=14, **greedy()).choices[0].text for p in prompts
+    ]
     with LLM(str(model_dir), tp=2) as llm:
         offline = llm.generate(prompts, SamplingParams(max_tokens=14, temperature=0, ignore_eos=True))
     assert http == [o.text for o in offline]
 
 
 def test_concurrent_streams_each_get_their_sequential_result(client: openai.OpenAI, server: ServerProcess) -> None:
-    sequential = [client.completions.create(model="tiny", prompt=p, max_tokens=12, **greedy()).choices[0].text for p in PROMPTS]
+    sequential = [
+        client.completions.create(model="tiny", prompt=p, max_tokens=12, **greedy()).choices[0].text for p in PROMPTS
+    ]
 
     async def stream_all() -> list[str]:
         aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
         async def one(prompt: str) -> str:
-            stream = await aclient.completions.create(model="tiny", prompt=prompt, max_tokens=12, stream=True, **greedy())
+            stream = await aclient.completions.create(
+                model="tiny", prompt=prompt, max_tokens=12, stream=True, **greedy()
+            )
             return "".join([c.choices[0].text async for c in stream])
 
         try:
@@ -171,8 +218,17 @@ def test_concurrent_streams_each_get_their_sequential_result(client: openai.Open
 
 def test_disconnect_mid_stream_frees_pages(server: ServerProcess) -> None:
     poll_until(lambda: metric(server, "tpserve_kv_cache_pages_used") == 0, 30, what="idle server")
-    body = {"model": "tiny", "prompt": PROMPTS[4], "max_tokens": 200, "stream": True, "temperature": 0, "ignore_eos": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as response:
+    body = {
+        "model": "tiny",
+        "prompt": PROMPTS[4],
+        "max_tokens": 200,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+    ) as response:
         lines = response.iter_lines()
         received = [next(lines) for _ in range(6)]
         assert any(line.startswith("data: ") for line in received)
@@ -202,7 +258,9 @@ def test_api_key_is_required(server: ServerProcess) -> None:
         assert response.json()["error"]["code"] == "invalid_api_key"
 
 
-def post(server: ServerProcess, path: str, content: bytes | None = None, json: object = None, headers: dict | None = None) -> httpx.Response:
+def post(
+    server: ServerProcess, path: str, content: bytes | None = None, json: object = None, headers: dict | None = None
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"} | (headers or {})
     return httpx.post(f"{server.url}{path}", content=content, json=json, headers=headers, timeout=30)
 
@@ -255,14 +313,22 @@ def test_malformed_bodies_are_400(server: ServerProcess, content: bytes, expecte
 
 def test_bad_chat_requests(server: ServerProcess) -> None:
     assert post(server, "/v1/chat/completions", json={"model": "tiny", "messages": []}).status_code == 400
-    wrong_role = post(server, "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]})
+    wrong_role = post(
+        server, "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}
+    )
     assert wrong_role.status_code == 400 and "role" in wrong_role.json()["error"]["message"]
-    no_logprobs = post(server, "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+    no_logprobs = post(
+        server,
+        "/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+    )
     assert no_logprobs.status_code == 400 and "top_logprobs" in no_logprobs.json()["error"]["message"]
 
 
 def test_oversized_body_is_413(server: ServerProcess) -> None:
-    response = post(server, "/v1/completions", content=b'{"model": "tiny", "prompt": "' + b"a" * (33 * 1024 * 1024) + b'"}')
+    response = post(
+        server, "/v1/completions", content=b'{"model": "tiny", "prompt": "' + b"a" * (33 * 1024 * 1024) + b'"}'
+    )
     assert response.status_code == 413
     assert "exceeds" in response.json()["error"]["message"]
 

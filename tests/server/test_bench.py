@@ -15,9 +15,25 @@ REPO = Path(__file__).resolve().parents[2]
 def test_offline_bench_prints_table_and_json(tmp_path: Path, tiny_checkpoint) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "offline.py"), "--model", str(tiny_checkpoint("qwen3")), "--tp", "2",
-         "--num-requests", "5", "--min-len", "4", "--max-len", "12", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "bench" / "offline.py"),
+            "--model",
+            str(tiny_checkpoint("qwen3")),
+            "--tp",
+            "2",
+            "--num-requests",
+            "5",
+            "--min-len",
+            "4",
+            "--max-len",
+            "12",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "out tok/s" in proc.stdout
@@ -30,10 +46,27 @@ def test_offline_bench_prints_table_and_json(tmp_path: Path, tiny_checkpoint) ->
 def test_online_bench_streams_through_the_http_api(tmp_path: Path, tiny_checkpoint) -> None:
     out = tmp_path / "online.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "online.py"), "--model", str(tiny_checkpoint("llama")), "--device", "cpu",
-         "--concurrency", "1,3", "--requests-per-client", "2", "--input-len", "12", "--output-len", "6",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "bench" / "online.py"),
+            "--model",
+            str(tiny_checkpoint("llama")),
+            "--device",
+            "cpu",
+            "--concurrency",
+            "1,3",
+            "--requests-per-client",
+            "2",
+            "--input-len",
+            "12",
+            "--output-len",
+            "6",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TTFT p50" in proc.stdout
@@ -49,10 +82,33 @@ def test_online_bench_runs_a_group_as_two_nodes_with_the_same_greedy_output(tmp_
     for nnodes in (1, 2):
         out = tmp_path / f"nodes{nnodes}.json"
         proc = subprocess.run(
-            [sys.executable, str(REPO / "bench" / "online.py"), "--model", str(tiny_checkpoint("llama")), "--device", "cpu",
-             "--tp", "2", "--nnodes", str(nnodes), "--greedy-prompts", "2", "--concurrency", "2",
-             "--requests-per-client", "1", "--input-len", "8", "--output-len", "4", "--json", str(out)],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                str(REPO / "bench" / "online.py"),
+                "--model",
+                str(tiny_checkpoint("llama")),
+                "--device",
+                "cpu",
+                "--tp",
+                "2",
+                "--nnodes",
+                str(nnodes),
+                "--greedy-prompts",
+                "2",
+                "--concurrency",
+                "2",
+                "--requests-per-client",
+                "1",
+                "--input-len",
+                "8",
+                "--output-len",
+                "4",
+                "--json",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"nnodes={nnodes}" in proc.stdout

@@ -9,16 +9,17 @@ real graphs against eager decode is bench/check_cuda_graph.py.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 import torch
 
-from tpserve.batch import ForwardBatch
-from tpserve.config import EngineConfig
-from tpserve.cuda_graph import DecodeGraphs, StepFn, graph_batch_sizes, pad_decode_batch
-from tpserve.distributed import TPGroup
-from tpserve.runner import ModelRunner
+from tpserve.core.batch import ForwardBatch
+from tpserve.distributed.group import TPGroup
+from tpserve.engine.config import EngineConfig
+from tpserve.engine.cuda_graph import DecodeGraphs, StepFn, graph_batch_sizes, pad_decode_batch
+from tpserve.engine.runner import ModelRunner
 
 PAGE_SIZE = 4
 
@@ -47,11 +48,13 @@ def test_captured_sizes_cover_every_batch_up_to_the_maximum() -> None:
     assert graph_batch_sizes(1) == [1]
     assert graph_batch_sizes(6) == [1, 2, 4, 6]
     sizes = graph_batch_sizes(256)
-    assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-1] == 256 and all(b - a <= 8 for a, b in zip(sizes, sizes[1:]))
+    assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-1] == 256 and all(b - a <= 8 for a, b in itertools.pairwise(sizes))
 
 
 def test_padding_rows_only_touch_the_padding_page() -> None:
-    batch = ForwardBatch(token_ids=[5, 6], query_lens=[1, 1], context_lens=[3, 9], page_tables=[[0], [1, 2, 3]], sample=[True, True])
+    batch = ForwardBatch(
+        token_ids=[5, 6], query_lens=[1, 1], context_lens=[3, 9], page_tables=[[0], [1, 2, 3]], sample=[True, True]
+    )
     padded = pad_decode_batch(batch, 5, padding_page=7)
     assert padded.num_seqs == 5 and padded.is_decode_only
     pages, offsets = padded.kv_write_slots(PAGE_SIZE)
@@ -63,8 +66,13 @@ def test_padding_rows_only_touch_the_padding_page() -> None:
 @pytest.fixture(scope="module")
 def runner(tiny_checkpoint) -> ModelRunner:
     config = EngineConfig(
-        model_path=str(tiny_checkpoint("llama")), device="cpu", dtype="float64", page_size=PAGE_SIZE,
-        max_running_requests=8, max_total_tokens=512, context_length=64,
+        model_path=str(tiny_checkpoint("llama")),
+        device="cpu",
+        dtype="float64",
+        page_size=PAGE_SIZE,
+        max_running_requests=8,
+        max_total_tokens=512,
+        context_length=64,
     )
     return ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=torch.device("cpu")))
 
@@ -117,12 +125,24 @@ def test_prefill_and_oversized_batches_stay_eager(runner: ModelRunner) -> None:
 
 
 def test_cuda_graph_flags_reach_the_engine_config(tiny_checkpoint) -> None:
-    from tpserve.cli import server_args
+    from tpserve.entrypoints.cli import server_args
 
     model = str(tiny_checkpoint("llama"))
-    args = server_args(["--model", model, "--device", "cpu", "--cuda-graph-max-bs", "32", "--disable-custom-all-reduce",
-                        "--enable-p2p-check"])
-    assert args.engine.cuda_graph_max_bs == 32 and args.engine.disable_custom_all_reduce and args.engine.enable_p2p_check
+    args = server_args(
+        [
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--cuda-graph-max-bs",
+            "32",
+            "--disable-custom-all-reduce",
+            "--enable-p2p-check",
+        ]
+    )
+    assert (
+        args.engine.cuda_graph_max_bs == 32 and args.engine.disable_custom_all_reduce and args.engine.enable_p2p_check
+    )
     assert not args.engine.use_cuda_graph  # graphs are a CUDA feature
     assert not server_args(["--model", model, "--device", "cpu", "--disable-cuda-graph"]).engine.use_cuda_graph
     assert EngineConfig(model_path=model, device="cuda").use_cuda_graph
@@ -130,7 +150,7 @@ def test_cuda_graph_flags_reach_the_engine_config(tiny_checkpoint) -> None:
 
 
 def test_custom_all_reduce_is_refused_where_it_cannot_run() -> None:
-    from tpserve.all_reduce import CustomAllReduceRequest, custom_all_reduce_refusal
+    from tpserve.distributed.all_reduce import CustomAllReduceRequest, custom_all_reduce_refusal
 
     def refusal(**changes: object) -> str | None:
         fields = dict(device_kind="cuda", world_size=2, nnodes=1, dtype=torch.bfloat16, disabled=False, p2p_check=False)
@@ -164,7 +184,7 @@ def test_small_all_reduce_fast_path_is_taken_only_for_what_it_accepts() -> None:
 
 
 def test_reference_ops_switch_fused_kernels_off_only_inside_the_block(runner: ModelRunner) -> None:
-    from tpserve.layers import reference_ops
+    from tpserve.layers.kernels import reference_ops
 
     norm = runner.model.layers[0].input_layernorm
     marker = object()

@@ -6,7 +6,7 @@ import random
 
 from transformers import AutoTokenizer
 
-from tpserve.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from tpserve.entrypoints.detokenizer import IncrementalDetokenizer, StopStringMatcher
 
 
 def test_incremental_text_equals_full_decode(tiny_checkpoint) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tpserve.kv_cache import KVCacheShape, PagedKVCache
+from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
 
 SHAPE = KVCacheShape(num_layers=2, num_pages=6, page_size=4, num_kv_heads=2, head_dim=8)
 

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tpserve.cli import build_parser, server_args
-from tpserve.launcher import free_port
+from tpserve.engine.launcher import free_port
+from tpserve.entrypoints.cli import build_parser, server_args
 
 from .server_process import ServerProcess, poll_until
 
@@ -26,7 +26,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     ("extra", "message"),
     [
         (["--tp", "4", "--nnodes", "3", "--dist-init-addr", "127.0.0.1:5000"], "--tp 4 is not divisible by --nnodes 3"),
-        (["--tp", "2", "--nnodes", "2", "--node-rank", "2", "--dist-init-addr", "127.0.0.1:5000"], "--node-rank 2 must be in [0, --nnodes 2)"),
+        (
+            ["--tp", "2", "--nnodes", "2", "--node-rank", "2", "--dist-init-addr", "127.0.0.1:5000"],
+            "--node-rank 2 must be in [0, --nnodes 2)",
+        ),
         (["--tp", "2", "--nnodes", "2"], "--dist-init-addr is required"),
         (["--tp", "3"], "--tp 3 does not divide the model's 4 attention heads"),
         (["--tp", "2", "--device", "cuda"], "needs 2 GPUs on this node, but 0 are visible"),
@@ -64,18 +67,34 @@ def test_parser_accepts_sglang_names_and_defaults(tiny_checkpoint) -> None:
 def test_two_nodes_form_one_group_and_fail_together(tiny_checkpoint, tmp_path: Path) -> None:
     model = str(tiny_checkpoint("qwen3"))
     rendezvous = f"127.0.0.1:{free_port()}"
-    common = ["--model", model, "--tp", "2", "--nnodes", "2", "--dist-init-addr", rendezvous, "--device", "cpu",
-              "--served-model-name", "tiny"]
+    common = [
+        "--model",
+        model,
+        "--tp",
+        "2",
+        "--nnodes",
+        "2",
+        "--dist-init-addr",
+        rendezvous,
+        "--device",
+        "cpu",
+        "--served-model-name",
+        "tiny",
+    ]
     node0 = ServerProcess([*common, "--node-rank", "0"], tmp_path / "node0.log")
     node1: ServerProcess | None = None
     try:
         # Node 0 alone: 503, and the body names the missing rank.
         first = poll_until(node0.health, 60, what="node 0 answering")
         assert first.status_code == 503
+
         def naming_rank1() -> bool:
             response = node0.health()
-            return response is not None and response.status_code == 503 and any(
-                m.startswith("rank 1") for m in response.json()["missing"])
+            return (
+                response is not None
+                and response.status_code == 503
+                and any(m.startswith("rank 1") for m in response.json()["missing"])
+            )
 
         poll_until(naming_rank1, 60, what="503 naming rank 1")
 
@@ -83,7 +102,9 @@ def test_two_nodes_form_one_group_and_fail_together(tiny_checkpoint, tmp_path: P
         node0.wait_healthy(120)
         node1.wait_healthy(60)
         client = openai.OpenAI(base_url=f"{node0.url}/v1", api_key="none", max_retries=0, timeout=60)
-        out = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+        out = client.completions.create(
+            model="tiny", prompt="Hello", max_tokens=5, temperature=0, extra_body={"ignore_eos": True}
+        )
         assert out.usage.completion_tokens == 5
         assert httpx.get(f"{node1.url}/v1/models").status_code == 404, "nodes k > 0 serve health only"
 
@@ -100,7 +121,9 @@ def test_two_nodes_form_one_group_and_fail_together(tiny_checkpoint, tmp_path: P
 
 def test_killed_rank_process_fails_the_group(tiny_checkpoint, tmp_path: Path) -> None:
     """kill -9 of one rank process (not its launcher): the leader reports 503 and exits non-zero."""
-    server = ServerProcess(["--model", str(tiny_checkpoint("mistral")), "--tp", "2", "--device", "cpu"], tmp_path / "s.log")
+    server = ServerProcess(
+        ["--model", str(tiny_checkpoint("mistral")), "--tp", "2", "--device", "cpu"], tmp_path / "s.log"
+    )
     try:
         server.wait_healthy()
         children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
@@ -120,7 +143,9 @@ def test_killed_rank_process_fails_the_group(tiny_checkpoint, tmp_path: Path) ->
 
 def test_sigterm_stops_the_ranks_before_the_server_exits(tiny_checkpoint, tmp_path: Path) -> None:
     """Kubernetes stops pods with SIGTERM: the ranks must be shut down, not killed with their parent."""
-    server = ServerProcess(["--model", str(tiny_checkpoint("llama")), "--tp", "2", "--device", "cpu"], tmp_path / "server.log")
+    server = ServerProcess(
+        ["--model", str(tiny_checkpoint("llama")), "--tp", "2", "--device", "cpu"], tmp_path / "server.log"
+    )
     try:
         server.wait_healthy(120)
         server.proc.send_signal(signal.SIGTERM)

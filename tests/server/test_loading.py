@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from tpserve import LLM, ConfigError, EngineConfig, SamplingParams
-from tpserve.config import ModelConfig
-from tpserve.distributed import TPGroup
-from tpserve.model import DecoderModel
-from tpserve.weights import checkpoint_files, load_safetensors
+from tpserve.distributed.group import TPGroup
+from tpserve.models.config import ModelConfig
+from tpserve.models.decoder import DecoderModel
+from tpserve.models.weights import checkpoint_files, load_safetensors
 
 
 def test_missing_config_json_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no config.json"):
+    with pytest.raises(ConfigError, match=r"no config\.json"):
         EngineConfig(model_path=str(tmp_path)).validate()
 
 
@@ -64,7 +64,7 @@ def test_each_rank_loads_only_its_slice(tiny_checkpoint) -> None:
     attn = model.layers[0].self_attn
     q_rows = config.num_heads // 2 * config.head_dim
     kv_rows = config.num_kv_heads // 2 * config.head_dim
-    q, k, v = attn.qkv_proj.weight.split([q_rows, kv_rows, kv_rows])
+    q, k, _ = attn.qkv_proj.weight.split([q_rows, kv_rows, kv_rows])
     assert torch.equal(q, full["model.layers.0.self_attn.q_proj.weight"][q_rows:])
     assert torch.equal(k, full["model.layers.0.self_attn.k_proj.weight"][kv_rows:])
     assert torch.equal(attn.qkv_proj.bias[:q_rows], full["model.layers.0.self_attn.q_proj.bias"][q_rows:])

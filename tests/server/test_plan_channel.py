@@ -6,20 +6,18 @@ import threading
 import uuid
 
 import pytest
-from tpserve.batch import ForwardBatch
-from tpserve.plan_channel import (
-    CAPACITY_BYTES,
-    ChannelTimeout,
-    SharedMemoryBroadcast,
-    TooLarge,
-)
+
+from tpserve.core.batch import ForwardBatch
+from tpserve.distributed.plan_channel import CAPACITY_BYTES, ChannelTimeout, SharedMemoryBroadcast, TooLarge
 from tpserve.testing.ranks import run_on_ranks
 
 
 def _channel(world_size: int) -> tuple[SharedMemoryBroadcast, list[SharedMemoryBroadcast]]:
     name = f"tpserve-test-{uuid.uuid4().hex[:12]}"
     writer = SharedMemoryBroadcast(name, world_size, 0, create=True, timeout_s=10)
-    readers = [SharedMemoryBroadcast(name, world_size, rank, create=False, timeout_s=10) for rank in range(1, world_size)]
+    readers = [
+        SharedMemoryBroadcast(name, world_size, rank, create=False, timeout_s=10) for rank in range(1, world_size)
+    ]
     return writer, readers
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tpserve.sampling import SampleResult, SamplingParams
-from tpserve.scheduler import FinishReason, RequestError, Scheduler, SchedulerLimits, Sequence
+from tpserve.engine.sampling import SampleResult, SamplingParams
+from tpserve.engine.scheduler import FinishReason, RequestError, Scheduler, SchedulerLimits, Sequence
 
 EOS = 2
 
 
 def make_scheduler(num_pages: int = 64, page_size: int = 4, max_prefill: int = 8, max_running: int = 8) -> Scheduler:
-    return Scheduler(SchedulerLimits(page_size, num_pages, max_running, max_prefill, max_model_len=64, eos_token_ids=(EOS,)))
+    return Scheduler(
+        SchedulerLimits(page_size, num_pages, max_running, max_prefill, max_model_len=64, eos_token_ids=(EOS,))
+    )
 
 
 def seq(request_id: str, prompt_len: int, **params: object) -> Sequence:

@@ -1,11 +1,14 @@
-"""Attention backends behind one interface, chosen by name (`--attn`)."""
+"""Attention backends behind one interface, chosen by name (`--attn`): torch and flashinfer.
+
+Imports `kvcache` and `core` only; GPU-only packages are imported lazily.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from ..config import ConfigError
-from ..kv_cache import PagedKVCache
+from ..core.errors import ConfigError
+from ..kvcache.paged_cache import PagedKVCache
 from .base import AttentionBackend, AttentionLayerShape
 
 BackendFactory = Callable[[PagedKVCache, AttentionLayerShape], AttentionBackend]
@@ -52,4 +55,4 @@ def create_backend(name: str, cache: PagedKVCache, shape: AttentionLayerShape) -
     return BACKENDS[name](cache, shape)
 
 
-__all__ = ["AttentionBackend", "AttentionLayerShape", "create_backend", "check_backend", "BACKENDS"]
+__all__ = ["BACKENDS", "AttentionBackend", "AttentionLayerShape", "check_backend", "create_backend"]

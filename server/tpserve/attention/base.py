@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batch import ForwardBatch
-from ..kv_cache import PagedKVCache
+from ..core.batch import ForwardBatch
+from ..kvcache.paged_cache import PagedKVCache
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class AttentionBackend(ABC):
         self.cache = cache
         self.release_graph_plans()
 
-    def release_graph_plans(self) -> None:
+    def release_graph_plans(self) -> None:  # noqa: B027 (a no-op for backends without graph plans)
         """Forget the per-batch-size plans made for captured graphs (and the memory they hold)."""
 
     @abstractmethod

@@ -8,11 +8,13 @@ Imported only when the backend is chosen: the CPU path never imports flashinfer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flashinfer
 import torch
 
-from ..batch import ForwardBatch
-from ..kv_cache import PagedKVCache
+from ..core.batch import ForwardBatch
+from ..kvcache.paged_cache import PagedKVCache
 from .base import AttentionBackend, AttentionLayerShape
 
 WORKSPACE_BYTES = 256 * 1024 * 1024
@@ -28,7 +30,9 @@ class FlashInferPagedAttention(AttentionBackend):
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         # GQA with >= 4 query heads per KV head is faster on the tensor-core (prefill) kernels.
         self.tensor_cores = shape.num_heads // shape.num_kv_heads >= 4
-        self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(self.workspace, "NHD", use_tensor_cores=self.tensor_cores)
+        self.decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_tensor_cores=self.tensor_cores
+        )
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self.device = device
         self._decode_only = True
@@ -43,7 +47,9 @@ class FlashInferPagedAttention(AttentionBackend):
     def release_graph_plans(self) -> None:
         # Graph-mode plans are sized by the cache's page count: a new cache needs new ones.
         self._graph_wrappers.clear()
-        self._graph_indptr = self._graph_indices = self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=self.device)
+        self._graph_indptr = self._graph_indices = self._graph_last_page_len = torch.empty(
+            0, dtype=torch.int32, device=self.device
+        )
 
     def _page_metadata(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kv_indptr, kv_indices, kv_last_page_len) on the host: flashinfer plans there."""
@@ -60,7 +66,7 @@ class FlashInferPagedAttention(AttentionBackend):
             torch.tensor(last_page_len, dtype=torch.int32),
         )
 
-    def _plan_args(self) -> dict:
+    def _plan_args(self) -> dict[str, Any]:
         return dict(
             num_qo_heads=self.shape.num_heads,
             num_kv_heads=self.shape.num_kv_heads,
@@ -83,8 +89,13 @@ class FlashInferPagedAttention(AttentionBackend):
             for q in batch.query_lens:
                 qo_indptr.append(qo_indptr[-1] + q)
             self.prefill.plan(
-                torch.tensor(qo_indptr, dtype=torch.int32), kv_indptr, kv_indices, kv_last,
-                head_dim_qk=self.shape.head_dim, causal=True, **self._plan_args(),
+                torch.tensor(qo_indptr, dtype=torch.int32),
+                kv_indptr,
+                kv_indices,
+                kv_last,
+                head_dim_qk=self.shape.head_dim,
+                causal=True,
+                **self._plan_args(),
             )
 
     def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
@@ -123,5 +134,5 @@ class FlashInferPagedAttention(AttentionBackend):
         self.cache.write(layer, self._slots, k, v)
         cache = self.cache.layers[layer]
         wrapper = self._active_decode if self._decode_only else self.prefill
-        out = wrapper.run(q.contiguous(), cache)
+        out: torch.Tensor = wrapper.run(q.contiguous(), cache)
         return out.reshape(q.shape[0], -1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..batch import ForwardBatch
-from ..kv_cache import PagedKVCache
+from ..core.batch import ForwardBatch
+from ..kvcache.paged_cache import PagedKVCache
 from .base import AttentionBackend
 
 

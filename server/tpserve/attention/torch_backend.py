@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..batch import ForwardBatch
+from ..core.batch import ForwardBatch
 from .base import AttentionBackend
 
 

@@ -69,7 +69,7 @@ class DeviceBatch:
     sample_indices: torch.Tensor
 
     @staticmethod
-    def build(plan: ForwardBatch, device: torch.device) -> "DeviceBatch":
+    def build(plan: ForwardBatch, device: torch.device) -> DeviceBatch:
         def as_tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
 

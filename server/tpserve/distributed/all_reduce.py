@@ -59,9 +59,7 @@ def custom_all_reduce_refusal(request: CustomAllReduceRequest) -> str | None:
 
 def peers_unreachable(local_ranks: range) -> list[tuple[int, int]]:
     """GPU pairs among this node's ranks that cannot read each other's memory directly."""
-    return [
-        (a, b) for a in local_ranks for b in local_ranks if a != b and not torch.cuda.can_device_access_peer(a, b)
-    ]
+    return [(a, b) for a in local_ranks for b in local_ranks if a != b and not torch.cuda.can_device_access_peer(a, b)]
 
 
 class OneShotAllReduce:
@@ -73,7 +71,9 @@ class OneShotAllReduce:
 
         self.dtype = dtype
         self.max_bytes = max_bytes
-        self.group_name = dist.group.WORLD.group_name
+        world = dist.group.WORLD
+        assert world is not None, "the default process group is initialised before all-reduce is built"
+        self.group_name = world.group_name
         element = torch.empty((), dtype=dtype).element_size()
         self.buffer = symm_mem.empty(max_bytes // element, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
@@ -81,7 +81,9 @@ class OneShotAllReduce:
     def accepts(self, tensor: torch.Tensor) -> bool:
         nbytes = tensor.numel() * tensor.element_size()
         # The kernel moves 16-byte vectors; odd sizes would fall to a slower alignment.
-        return tensor.dtype == self.dtype and tensor.is_contiguous() and 0 < nbytes <= self.max_bytes and nbytes % 16 == 0
+        return (
+            tensor.dtype == self.dtype and tensor.is_contiguous() and 0 < nbytes <= self.max_bytes and nbytes % 16 == 0
+        )
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(tensor)

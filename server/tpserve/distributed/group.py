@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from torch.distributed.distributed_c10d import PrefixStore, Store
 
 from .plan_channel import SharedMemoryBroadcast, TooLarge
 
@@ -92,7 +93,7 @@ class TPGroup:
 
 
 def init_tp_group(
-    store: dist.Store,
+    store: Store,
     world_size: int,
     rank: int,
     device_kind: str,
@@ -111,18 +112,18 @@ def init_tp_group(
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,
-        store=dist.PrefixStore("tpserve/pg", store),
+        store=PrefixStore("tpserve/pg", store),
         world_size=world_size,
         rank=rank,
         timeout=timeout,
-        **({"device_id": device} if device_kind == "cuda" else {}),
+        device_id=device if device_kind == "cuda" else None,
     )
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     channel = _open_plan_channel(store, world_size, rank, timeout_s) if single_node else None
     return TPGroup(rank=rank, world_size=world_size, device=device, control=control, plan_channel=channel)
 
 
-def _open_plan_channel(store: dist.Store, world_size: int, rank: int, timeout_s: float) -> SharedMemoryBroadcast | None:
+def _open_plan_channel(store: Store, world_size: int, rank: int, timeout_s: float) -> SharedMemoryBroadcast | None:
     """Rank 0 creates the segment and publishes its name ("" if it could not: all ranks use gloo)."""
     if rank == 0:
         name = f"tpserve-plan-{uuid.uuid4().hex[:16]}"

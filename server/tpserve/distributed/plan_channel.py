@@ -17,8 +17,9 @@ from __future__ import annotations
 import pickle
 import struct
 import time
+from collections.abc import Callable
 from multiprocessing import shared_memory
-from typing import Any, Callable
+from typing import Any
 
 U64 = struct.Struct("<Q")
 CAPACITY_BYTES = 16 * 2**20
@@ -44,7 +45,7 @@ class SharedMemoryBroadcast:
         self.header = 16 + 8 * self.readers
         if create:
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=self.header + CAPACITY_BYTES)
-            self.shm.buf[: self.header] = bytes(self.header)
+            self._buf[: self.header] = bytes(self.header)
         else:
             # Local ranks are spawned by one launcher and share its resource tracker, which
             # unlinks the segment if rank 0 dies without closing it.
@@ -52,13 +53,20 @@ class SharedMemoryBroadcast:
         self.owner = create
         self.sequence = 0
 
+    @property
+    def _buf(self) -> memoryview:
+        buf = self.shm.buf
+        if buf is None:
+            raise RuntimeError("the plan channel's shared-memory segment is closed")
+        return buf
+
     def send(self, obj: Any) -> bool:
         """Publish `obj`; False if it does not fit (readers then receive a TooLarge marker)."""
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         fits = len(payload) <= CAPACITY_BYTES
         if not fits:
             payload = pickle.dumps(TooLarge())
-        buf = self.shm.buf
+        buf = self._buf
         self._wait(lambda: all(U64.unpack_from(buf, 16 + 8 * i)[0] == self.sequence for i in range(self.readers)))
         buf[self.header : self.header + len(payload)] = payload
         U64.pack_into(buf, 8, len(payload))
@@ -67,7 +75,7 @@ class SharedMemoryBroadcast:
         return fits
 
     def receive(self) -> Any:
-        buf = self.shm.buf
+        buf = self._buf
         self._wait(lambda: U64.unpack_from(buf, 0)[0] > self.sequence)
         self.sequence = U64.unpack_from(buf, 0)[0]
         length = U64.unpack_from(buf, 8)[0]

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-import torch.distributed as dist
+# torch.distributed re-exports TCPStore without declaring it; the typed home is torch._C.
+from torch._C._distributed_c10d import TCPStore
 
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TIMEOUT_S = 3.0
@@ -32,16 +33,14 @@ class Phase(str, Enum):
     FAILED = "failed"
 
 
-def host_store(host_port: str, timeout_s: float) -> dist.TCPStore:
+def host_store(host_port: str, timeout_s: float) -> TCPStore:
     _, port = split_host_port(host_port)
-    return dist.TCPStore(
-        "0.0.0.0", port, None, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False
-    )
+    return TCPStore("0.0.0.0", port, None, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
-def connect_store(host_port: str, timeout_s: float) -> dist.TCPStore:
+def connect_store(host_port: str, timeout_s: float) -> TCPStore:
     host, port = split_host_port(host_port)
-    return dist.TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=timeout_s))
+    return TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def split_host_port(host_port: str) -> tuple[str, int]:
@@ -66,7 +65,7 @@ class RankReporter:
         threading.Thread(target=self._beat, name=f"heartbeat-rank{rank}", daemon=True).start()
 
     @property
-    def store(self) -> dist.TCPStore:
+    def store(self) -> TCPStore:
         return self._store
 
     def set_phase(self, phase: Phase, message: str = "") -> None:
@@ -77,7 +76,7 @@ class RankReporter:
     def stop(self) -> None:
         self._stopped.set()
 
-    def _publish(self, store: dist.TCPStore) -> None:
+    def _publish(self, store: TCPStore) -> None:
         with self._lock:
             value = json.dumps({"phase": self._phase.value, "beat": self._beats, "message": self._message})
         store.set(_RANK_KEY.format(self.rank), value)
@@ -103,7 +102,7 @@ class RankStatus:
 class GroupWatcher:
     """In a front end: read every rank's status; a rank is dead once its heartbeat stalls."""
 
-    def __init__(self, store: dist.TCPStore, world_size: int) -> None:
+    def __init__(self, store: TCPStore, world_size: int) -> None:
         self._store = store
         self._store.set_timeout(datetime.timedelta(seconds=2))
         self.world_size = world_size

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
-from .attention import AttentionBackend
-from .batch import ForwardBatch
-from .model import DecoderModel
+from ..attention import AttentionBackend
+from ..core.batch import ForwardBatch
+from ..models.decoder import DecoderModel
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,10 @@ class DecodeGraphs:
 
     def _step_fn(self, size: int) -> StepFn:
         def step() -> torch.Tensor:
-            return self.model(self.token_ids[:size], self.positions[:size], self.sample_indices[:size], self.attention)
+            logits: torch.Tensor = self.model(
+                self.token_ids[:size], self.positions[:size], self.sample_indices[:size], self.attention
+            )
+            return logits
 
         return step
 

@@ -13,9 +13,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from ..distributed.status_board import host_store
 from .config import EngineConfig
-from .group_status import host_store
-from .protocol import EngineReady, RankFailed, RankReady, Shutdown
+from .messages import EngineReady, RankFailed, RankReady, Shutdown
 from .worker import rank_main
 
 log = logging.getLogger(__name__)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import itertools
 import queue
 import time
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Any, Sequence as Seq
+from typing import Any, cast
 
 from transformers import AutoTokenizer
 
 from .config import EngineConfig
 from .launcher import EngineError, LocalRanks, with_rendezvous_port
-from .protocol import AddRequest, RequestRejected, StepOutputs
+from .messages import AddRequest, RequestRejected, StepOutputs
 from .sampling import SamplingParams, TokenLogprobs
 from .scheduler import RequestError
 
@@ -30,7 +31,9 @@ class Completion:
 class LLM:
     """Starts the rank processes on this machine, generates, and shuts them down cleanly."""
 
-    def __init__(self, model: str, tp: int = 1, device: str = "cpu", startup_timeout_s: float = 600, **engine: Any) -> None:
+    def __init__(
+        self, model: str, tp: int = 1, device: str = "cpu", startup_timeout_s: float = 600, **engine: Any
+    ) -> None:
         self.config = with_rendezvous_port(EngineConfig(model_path=str(model), tp=tp, device=device, **engine))
         self.model_config = self.config.validate()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model)) if self.config.load_format != "dummy" else None
@@ -57,12 +60,16 @@ class LLM:
         self, prompts: Seq[str] | Seq[list[int]], params: SamplingParams | Seq[SamplingParams] | None = None
     ) -> list[str]:
         """Queue prompts without waiting; returns their request ids (see `wait` and `progress`)."""
-        params_list = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
+        if params is None or isinstance(params, SamplingParams):
+            params_list = [params or SamplingParams()] * len(prompts)
+        else:
+            params_list = list(params)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling params")
         assert self.ranks.inbox is not None
         ids = []
-        for prompt, p in zip(prompts, params_list):
+        prompt_list: list[str | list[int]] = list(prompts)
+        for prompt, p in zip(prompt_list, params_list):
             prompt_ids = self._encode(prompt)
             request_id = f"offline-{next(self._ids)}"
             self._requests[request_id] = Completion(prompt_ids, p)
@@ -86,7 +93,8 @@ class LLM:
             raise RequestError("; ".join(rejected))
         for completion in done:
             if self.tokenizer is not None:
-                completion.text = self.tokenizer.decode(self._visible_tokens(completion), skip_special_tokens=True)
+                text = self.tokenizer.decode(self._visible_tokens(completion), skip_special_tokens=True)
+                completion.text = cast(str, text)  # one flat list of ids decodes to one string
         return done
 
     def _visible_tokens(self, completion: Completion) -> list[int]:
@@ -132,7 +140,7 @@ class LLM:
     def shutdown(self) -> None:
         self.ranks.shutdown()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,21 +6,23 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .all_reduce import CustomAllReduceRequest, try_one_shot
-from .attention import AttentionLayerShape, create_backend
-from .batch import DeviceBatch, ForwardBatch
-from .config import ConfigError, EngineConfig, ModelConfig, ShardLayout, resolve_dtype
+from ..attention import AttentionLayerShape, create_backend
+from ..core.batch import DeviceBatch, ForwardBatch
+from ..core.errors import ConfigError
+from ..distributed.all_reduce import CustomAllReduceRequest, try_one_shot
+from ..distributed.group import TPGroup
+from ..distributed.status_board import Phase
+from ..kvcache.paged_cache import KVCacheShape, PagedKVCache
+from ..models.config import ModelConfig, ShardLayout, resolve_dtype
+from ..models.decoder import DecoderModel
+from ..models.weights import LoadProgress, fill_dummy, load_safetensors
+from .config import EngineConfig
 from .cuda_graph import CudaGraphCapture, DecodeGraphs
-from .distributed import TPGroup
-from .group_status import Phase
-from .kv_cache import KVCacheShape, PagedKVCache
-from .model import DecoderModel
-from .weights import LoadProgress, fill_dummy, load_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,11 @@ class ModelRunner:
     def _graphs_supported(self) -> bool:
         if self.attention.supports_cuda_graph:
             return True
-        log.warning("rank %d: --attn %s cannot be captured: decode runs without CUDA graphs",
-                    self.group.rank, self.config.attention_backend)
+        log.warning(
+            "rank %d: --attn %s cannot be captured: decode runs without CUDA graphs",
+            self.group.rank,
+            self.config.attention_backend,
+        )
         return False
 
     def _graph_memory_bytes(self, max_bs: int) -> int:
@@ -153,7 +158,12 @@ class ModelRunner:
         graphs, used = self._measured_graphs(max_bs)
         log.info(
             "rank %d: captured %d decode CUDA graphs (batch 1..%d) in %.2fs using %.0f MiB (reserved %.0f MiB)",
-            self.group.rank, len(graphs.sizes), max_bs, time.monotonic() - started, used / 2**20, reserved / 2**20,
+            self.group.rank,
+            len(graphs.sizes),
+            max_bs,
+            time.monotonic() - started,
+            used / 2**20,
+            reserved / 2**20,
         )
         return graphs
 
@@ -201,7 +211,8 @@ class ModelRunner:
         """The step launched op by op (prefill steps, large batches, and comparisons)."""
         batch = DeviceBatch.build(plan, self.group.device)
         self.attention.plan(plan)
-        return self.model(batch.token_ids, batch.positions, batch.sample_indices, self.attention)
+        logits: torch.Tensor = self.model(batch.token_ids, batch.positions, batch.sample_indices, self.attention)
+        return logits
 
 
 def _available_host_memory() -> int:

@@ -79,7 +79,9 @@ class Sampler:
         if logprob_rows:
             log_probs = torch.log_softmax(logits, dim=-1)
             for i in logprob_rows:
-                results[i] = SampleResult(token_list[i], _logprobs_of(log_probs[i], token_list[i], params[i].logprobs or 0))
+                results[i] = SampleResult(
+                    token_list[i], _logprobs_of(log_probs[i], token_list[i], params[i].logprobs or 0)
+                )
         return results
 
     def _sample_rows(
@@ -103,7 +105,9 @@ class Sampler:
         noise = torch.empty_like(probs)
         unseeded = [i for i, g in enumerate(rngs) if g is None]
         if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(generator=self.shared_rng)
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(
+                generator=self.shared_rng
+            )
         for i, rng in enumerate(rngs):
             if rng is not None:
                 noise[i].exponential_(generator=rng)

@@ -14,8 +14,8 @@ from enum import Enum
 
 import torch
 
-from .batch import ForwardBatch
-from .kv_cache import PageAllocator
+from ..core.batch import ForwardBatch
+from ..kvcache.allocator import PageAllocator
 from .sampling import SampleResult, SamplingParams, TokenLogprobs
 
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
-import signal
 import multiprocessing.queues
 import os
 import queue
+import signal
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .batch import ForwardBatch
-from .config import ConfigError, EngineConfig
-from .distributed import TPGroup, destroy_tp_group, init_tp_group
-from .group_status import Phase, RankReporter
-from .protocol import (
+from ..core.batch import ForwardBatch
+from ..core.errors import ConfigError
+from ..distributed.group import TPGroup, destroy_tp_group, init_tp_group
+from ..distributed.status_board import Phase, RankReporter
+from .config import EngineConfig
+from .messages import (
     AbortRequest,
     AddRequest,
     EngineReady,
@@ -25,8 +28,8 @@ from .protocol import (
     RankReady,
     RequestRejected,
     Shutdown,
-    Stop,
     StepOutputs,
+    Stop,
 )
 from .runner import ModelRunner
 from .sampling import Sampler
@@ -56,7 +59,13 @@ def rank_main(
         local_rank = rank % config.ranks_per_node
         reporter = RankReporter(config.dist_init_addr, rank, config.dist_timeout)
         group = init_tp_group(
-            reporter.store, config.tp, rank, config.device, local_rank, config.dist_timeout, single_node=config.nnodes == 1
+            reporter.store,
+            config.tp,
+            rank,
+            config.device,
+            local_rank,
+            config.dist_timeout,
+            single_node=config.nnodes == 1,
         )
         log.info("rank %d: joined the group of %d in %.2fs", rank, config.tp, time.monotonic() - started)
         runner = ModelRunner(config, model_config, group, reporter.set_phase)
@@ -93,10 +102,8 @@ def _die_with_parent() -> None:
 
 
 def _try(action: Callable[[], object]) -> None:
-    try:
+    with contextlib.suppress(Exception):
         action()
-    except Exception:
-        pass
 
 
 def follower_loop(runner: ModelRunner, group: TPGroup) -> None:

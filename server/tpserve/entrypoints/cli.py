@@ -16,7 +16,9 @@ from typing import NoReturn
 
 import torch
 
-from .config import ConfigError, EngineConfig, ModelConfig
+from ..core.errors import ConfigError
+from ..engine.config import EngineConfig
+from ..models.config import ModelConfig
 
 
 def _positive_int(text: str) -> int:
@@ -68,54 +70,96 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", "--model-path", dest="model", required=True,
-                       help="HF-format model directory: config.json, *.safetensors, tokenizer files")
+    model.add_argument(
+        "--model",
+        "--model-path",
+        dest="model",
+        required=True,
+        help="HF-format model directory: config.json, *.safetensors, tokenizer files",
+    )
     model.add_argument("--served-model-name", help="name reported by /v1/models (default: the directory name)")
-    model.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                       help="weight and activation dtype; auto takes the checkpoint's (float32 on CPU)")
-    model.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
-                       help="auto reads safetensors; dummy fills random weights (benchmarks)")
-    model.add_argument("--context-length", type=_positive_int,
-                       help="maximum tokens per request, prompt included (default: the model's)")
+    model.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="weight and activation dtype; auto takes the checkpoint's (float32 on CPU)",
+    )
+    model.add_argument(
+        "--load-format",
+        default="auto",
+        choices=["auto", "dummy"],
+        help="auto reads safetensors; dummy fills random weights (benchmarks)",
+    )
+    model.add_argument(
+        "--context-length",
+        type=_positive_int,
+        help="maximum tokens per request, prompt included (default: the model's)",
+    )
 
     parallel = parser.add_argument_group("parallelism")
-    parallel.add_argument("--tp", "--tp-size", dest="tp", type=_positive_int, default=1,
-                          help="tensor-parallel size (all ranks, all nodes)")
+    parallel.add_argument(
+        "--tp",
+        "--tp-size",
+        dest="tp",
+        type=_positive_int,
+        default=1,
+        help="tensor-parallel size (all ranks, all nodes)",
+    )
     parallel.add_argument("--nnodes", type=_positive_int, default=1, help="number of nodes in the group")
     parallel.add_argument("--node-rank", type=_non_negative_int, default=0, help="this node's index in the group")
-    parallel.add_argument("--dist-init-addr", type=_host_port,
-                          help="HOST:PORT of node 0's rendezvous (default: 127.0.0.1 and a free port)")
-    parallel.add_argument("--dist-timeout", type=float, default=300.0,
-                          help="seconds before a stuck collective is declared dead")
+    parallel.add_argument(
+        "--dist-init-addr",
+        type=_host_port,
+        help="HOST:PORT of node 0's rendezvous (default: 127.0.0.1 and a free port)",
+    )
+    parallel.add_argument(
+        "--dist-timeout", type=float, default=300.0, help="seconds before a stuck collective is declared dead"
+    )
 
     serving = parser.add_argument_group("serving")
     serving.add_argument("--host", default="0.0.0.0", help="HTTP bind address")
-    serving.add_argument("--port", type=int, default=30000,
-                         help="HTTP port (node 0: the API; other nodes: a health endpoint)")
+    serving.add_argument(
+        "--port", type=int, default=30000, help="HTTP port (node 0: the API; other nodes: a health endpoint)"
+    )
     serving.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
     serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     engine = parser.add_argument_group("engine")
-    engine.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                        help="cuda, or cpu (gloo; for tests and the demo) (default: cuda if available)")
-    engine.add_argument("--mem-fraction-static", type=_fraction, default=0.9,
-                        help="fraction of device memory for weights + KV cache")
-    engine.add_argument("--max-prefill-length", type=_positive_int, default=8192,
-                        help="token budget of one prefill chunk (chunked prefill)")
+    engine.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default=None,
+        help="cuda, or cpu (gloo; for tests and the demo) (default: cuda if available)",
+    )
+    engine.add_argument(
+        "--mem-fraction-static", type=_fraction, default=0.9, help="fraction of device memory for weights + KV cache"
+    )
+    engine.add_argument(
+        "--max-prefill-length",
+        type=_positive_int,
+        default=8192,
+        help="token budget of one prefill chunk (chunked prefill)",
+    )
     engine.add_argument("--page-size", type=_positive_int, default=16, help="KV cache page size in tokens")
-    engine.add_argument("--max-running-requests", type=_positive_int,
-                        help="cap on concurrently decoding requests (default: auto)")
+    engine.add_argument(
+        "--max-running-requests", type=_positive_int, help="cap on concurrently decoding requests (default: auto)"
+    )
     engine.add_argument("--max-total-tokens", type=_positive_int, help="cap on KV cache size in tokens")
-    engine.add_argument("--attn", default=None, type=_attention,
-                        help="attention backend: fi (flashinfer), torch, or a 'prefill,decode' pair "
-                             "(default: fi on cuda, torch on cpu)")
-    engine.add_argument("--cuda-graph-max-bs", type=_positive_int, default=256,
-                        help="largest decode batch captured in a CUDA graph")
+    engine.add_argument(
+        "--attn",
+        default=None,
+        type=_attention,
+        help="attention backend: fi (flashinfer), torch, or a 'prefill,decode' pair "
+        "(default: fi on cuda, torch on cpu)",
+    )
+    engine.add_argument(
+        "--cuda-graph-max-bs", type=_positive_int, default=256, help="largest decode batch captured in a CUDA graph"
+    )
     engine.add_argument("--disable-cuda-graph", action="store_true", help="run decode without CUDA graphs")
-    engine.add_argument("--disable-custom-all-reduce", action="store_true",
-                        help="always use NCCL for all-reduce")
-    engine.add_argument("--enable-p2p-check", action="store_true",
-                        help="probe GPU peer access before using the custom all-reduce")
+    engine.add_argument("--disable-custom-all-reduce", action="store_true", help="always use NCCL for all-reduce")
+    engine.add_argument(
+        "--enable-p2p-check", action="store_true", help="probe GPU peer access before using the custom all-reduce"
+    )
     engine.add_argument("--seed", type=int, default=0, help="seed of the shared sampling generator")
     return parser
 

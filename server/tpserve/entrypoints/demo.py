@@ -10,9 +10,9 @@ from pathlib import Path
 
 import openai
 
-from .launcher import free_port
-from .testing.health import ServerNotHealthy, wait_healthy
-from .testing.tiny_checkpoint import build_tiny_checkpoint
+from ..engine.launcher import free_port
+from ..testing.health import ServerNotHealthy, wait_healthy
+from ..testing.tiny_checkpoint import build_tiny_checkpoint
 
 CHECKPOINT = Path(os.environ.get("TPSERVE_DEMO_MODEL", ".cache/tiny-llama"))
 HEALTH_TIMEOUT_S = 180
@@ -24,8 +24,25 @@ def main() -> None:
         build_tiny_checkpoint(CHECKPOINT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tpserve", "--model", str(CHECKPOINT), "--tp", "2", "--device", "cpu",
-               "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-llama", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "tpserve",
+        "--model",
+        str(CHECKPOINT),
+        "--tp",
+        "2",
+        "--device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny-llama",
+        "--log-level",
+        "warning",
+    ]
     print("demo: starting", " ".join(command[1:]))
     server = subprocess.Popen(command)
     try:
@@ -44,9 +61,12 @@ def main() -> None:
         )
         elapsed = time.monotonic() - started
         usage = reply.usage
+        assert usage is not None, "tpserve always reports usage"
         print(f"demo: answer ({reply.choices[0].finish_reason}): {reply.choices[0].message.content!r}")
-        print(f"demo: {usage.completion_tokens} tokens in {elapsed * 1000:.0f} ms "
-              f"({usage.completion_tokens / elapsed:.1f} tokens/s); prompt {usage.prompt_tokens} tokens")
+        print(
+            f"demo: {usage.completion_tokens} tokens in {elapsed * 1000:.0f} ms "
+            f"({usage.completion_tokens / elapsed:.1f} tokens/s); prompt {usage.prompt_tokens} tokens"
+        )
         print("demo: (random weights: the text is gibberish, the plumbing is real)")
     finally:
         server.terminate()

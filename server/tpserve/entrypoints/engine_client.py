@@ -14,10 +14,10 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .launcher import LocalRanks
-from .protocol import AbortRequest, AddRequest, EngineReady, RankFailed, RequestRejected, StepOutputs
-from .sampling import SamplingParams
-from .scheduler import RequestError, StepOutput
+from ..engine.launcher import LocalRanks
+from ..engine.messages import AbortRequest, AddRequest, EngineReady, RankFailed, RequestRejected, StepOutputs
+from ..engine.sampling import SamplingParams
+from ..engine.scheduler import RequestError, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,15 @@ class AsyncEngine:
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
 
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[StepOutput]:
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[StepOutput]:
         """Yields the request's outputs until it finishes; aborts it if the consumer stops early."""
         stream: asyncio.Queue[StepOutput | RequestRejected] = asyncio.Queue()
         self._streams[request_id] = stream
         finished = False
         try:
-            self.ranks.inbox.put(AddRequest(request_id, prompt_ids, params))  # type: ignore[union-attr]
+            self.ranks.inbox.put(AddRequest(request_id, prompt_ids, params))
             while True:
                 item = await stream.get()
                 if isinstance(item, RequestRejected):
@@ -68,7 +70,7 @@ class AsyncEngine:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
-        self.ranks.inbox.put(AbortRequest(request_id))  # type: ignore[union-attr]
+        self.ranks.inbox.put(AbortRequest(request_id))
 
     def close(self) -> None:
         self._stop.set()

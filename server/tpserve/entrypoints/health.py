@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .group_status import GroupWatcher, Phase, RankStatus
-from .launcher import LocalRanks
+from ..distributed.status_board import GroupWatcher, Phase, RankStatus
+from ..engine.launcher import LocalRanks
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,9 @@ class GroupMonitor:
             missing.append("engine: waiting for all ranks")
         elif self.needs_engine and not self.warmed_up:
             missing.append("warm-up generation")
-        self.latest = HealthReport(ready=not missing and self._failed is None, failed=self._failed, missing=missing, ranks=statuses)
+        self.latest = HealthReport(
+            ready=not missing and self._failed is None, failed=self._failed, missing=missing, ranks=statuses
+        )
         return self.latest
 
     def _judge(self, statuses: list[RankStatus]) -> list[str]:

@@ -14,11 +14,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..engine.scheduler import RequestError
 from .health import GroupMonitor
 from .metrics import ServerMetrics
 from .openai_protocol import ChatCompletionRequest, CompletionRequest, error_body
-from .scheduler import RequestError
-from .serving import BadRequest, ChoiceState, OpenAIServing, new_id, sse, usage
+from .openai_serving import BadRequest, ChoiceState, OpenAIServing, new_id, sse, usage
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,17 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             413: "invalid_request_error", 503: "service_unavailable"}
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        503: "service_unavailable",
+    }
     codes = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large"}
-    return JSONResponse(error_body(message, kinds.get(status, "invalid_request_error"), param, codes.get(status)), status)
+    return JSONResponse(
+        error_body(message, kinds.get(status, "invalid_request_error"), param, codes.get(status)), status
+    )
 
 
 class BodySizeLimit:
@@ -126,9 +133,12 @@ def create_api_app(
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return error_response(401, "Incorrect API key provided")
+        if (
+            api_key
+            and request.url.path.startswith("/v1/")
+            and request.headers.get("authorization", "") != f"Bearer {api_key}"
+        ):
+            return error_response(401, "Incorrect API key provided")
         return await call_next(request)
 
     def serving() -> OpenAIServing:
@@ -162,10 +172,20 @@ def create_api_app(
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         s = serving()
-        return JSONResponse({"object": "list", "data": [{
-            "id": s.model_name, "object": "model", "created": int(time.time()), "owned_by": "tpserve",
-            "max_model_len": s.max_model_len,
-        }]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": s.model_name,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "tpserve",
+                        "max_model_len": s.max_model_len,
+                    }
+                ],
+            }
+        )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -180,15 +200,21 @@ def create_api_app(
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _stream(_completion_chunks(s, request_id, base, prompts, choices, include_usage, eos_ids), request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
-        return JSONResponse(base | {
-            "choices": [{
-                "index": c.index,
-                "text": c.matcher.text,
-                "logprobs": s.completion_logprobs(c.logprobs) if body.logprobs is not None else None,
-                "finish_reason": c.finish_reason,
-            } for c in choices],
-            "usage": usage(prompts, choices),
-        })
+        return JSONResponse(
+            base
+            | {
+                "choices": [
+                    {
+                        "index": c.index,
+                        "text": c.matcher.text,
+                        "logprobs": s.completion_logprobs(c.logprobs) if body.logprobs is not None else None,
+                        "finish_reason": c.finish_reason,
+                    }
+                    for c in choices
+                ],
+                "usage": usage(prompts, choices),
+            }
+        )
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
@@ -203,15 +229,21 @@ def create_api_app(
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _stream(_chat_chunks(s, request_id, base, [prompt], choices, include_usage, eos_ids), request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
-        return JSONResponse(base | {
-            "choices": [{
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.matcher.text},
-                "logprobs": s.chat_logprobs(c.logprobs) if body.logprobs else None,
-                "finish_reason": c.finish_reason,
-            } for c in choices],
-            "usage": usage([prompt], choices),
-        })
+        return JSONResponse(
+            base
+            | {
+                "choices": [
+                    {
+                        "index": c.index,
+                        "message": {"role": "assistant", "content": c.matcher.text},
+                        "logprobs": s.chat_logprobs(c.logprobs) if body.logprobs else None,
+                        "finish_reason": c.finish_reason,
+                    }
+                    for c in choices
+                ],
+                "usage": usage([prompt], choices),
+            }
+        )
 
     return BodySizeLimit(app)  # type: ignore[return-value]
 
@@ -252,32 +284,67 @@ def _stream(chunks: AsyncIterator[str], request: Request) -> StreamingResponse:
 
 
 async def _completion_chunks(
-    s: OpenAIServing, request_id: str, base: dict[str, Any], prompts: list[list[int]],
-    choices: list[ChoiceState], include_usage: bool, eos_ids: tuple[int, ...],
+    s: OpenAIServing,
+    request_id: str,
+    base: dict[str, Any],
+    prompts: list[list[int]],
+    choices: list[ChoiceState],
+    include_usage: bool,
+    eos_ids: tuple[int, ...],
 ) -> AsyncIterator[str]:
     offsets = {c.index: 0 for c in choices}
     want_logprobs = choices[0].params.logprobs is not None
     async for delta in s.merged(request_id, choices, eos_ids):
         logprobs = s.completion_logprobs(delta.logprobs, offsets[delta.index]) if want_logprobs else None
         offsets[delta.index] += len(delta.text)
-        chunk = base | {"choices": [{"index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}]}
+        chunk = base | {
+            "choices": [
+                {"index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+            ]
+        }
         yield sse(chunk | ({"usage": None} if include_usage else {}))
     if include_usage:
         yield sse(base | {"choices": [], "usage": usage(prompts, choices)})
 
 
 async def _chat_chunks(
-    s: OpenAIServing, request_id: str, base: dict[str, Any], prompts: list[list[int]],
-    choices: list[ChoiceState], include_usage: bool, eos_ids: tuple[int, ...],
+    s: OpenAIServing,
+    request_id: str,
+    base: dict[str, Any],
+    prompts: list[list[int]],
+    choices: list[ChoiceState],
+    include_usage: bool,
+    eos_ids: tuple[int, ...],
 ) -> AsyncIterator[str]:
     base = base | {"object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
     want_logprobs = choices[0].params.logprobs is not None
     for c in choices:
-        yield sse(base | {"choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]} | extra)
+        yield sse(
+            base
+            | {
+                "choices": [
+                    {
+                        "index": c.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            }
+            | extra
+        )
     async for delta in s.merged(request_id, choices, eos_ids):
         logprobs = s.chat_logprobs(delta.logprobs) if want_logprobs else None
         content = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
-        yield sse(base | {"choices": [{"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}]} | extra)
+        yield sse(
+            base
+            | {
+                "choices": [
+                    {"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+                ]
+            }
+            | extra
+        )
     if include_usage:
         yield sse(base | {"choices": [], "usage": usage(prompts, choices)})

@@ -22,9 +22,14 @@ class ServerMetrics:
             "tpserve_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r
         )
         self.itl = Histogram(
-            "tpserve_inter_token_latency_seconds", "Time between tokens of a request", buckets=LATENCY_BUCKETS, registry=r
+            "tpserve_inter_token_latency_seconds",
+            "Time between tokens of a request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.ranks_ready = Gauge("tpserve_ranks_ready", "Ranks of the group that are ready and heartbeating", registry=r)
+        self.ranks_ready = Gauge(
+            "tpserve_ranks_ready", "Ranks of the group that are ready and heartbeating", registry=r
+        )
         self.ranks_total = Gauge("tpserve_ranks_total", "Ranks in the group (tensor-parallel size)", registry=r)
 
     def render(self) -> bytes:

@@ -18,17 +18,17 @@ import uvicorn
 from fastapi import FastAPI
 from transformers import AutoTokenizer
 
+from ..distributed.status_board import GroupWatcher, connect_store
+from ..engine.launcher import LocalRanks, with_rendezvous_port
+from ..engine.sampling import SamplingParams
 from .cli import ServerArgs
 from .engine_client import AsyncEngine
-from .group_status import GroupWatcher, connect_store
 from .health import GroupMonitor
 from .http_app import create_api_app, create_worker_app
-from .launcher import LocalRanks, with_rendezvous_port
 from .metrics import ServerMetrics
-from .sampling import SamplingParams
-from .serving import OpenAIServing
+from .openai_serving import OpenAIServing
 
-log = logging.getLogger("tpserve.server")
+log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL_S = 0.5  # also how stale /health may be
 FAILURE_GRACE_S = 2.0  # keep answering 503 briefly so probes and clients see why
@@ -61,14 +61,27 @@ class NodeServer:
         self.monitor = GroupMonitor(self.ranks, self.config.tp, watched)
         app = self._build_app()
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host=self.args.host, port=self.args.port, log_level=self.args.log_level, access_log=False)
+            uvicorn.Config(
+                app, host=self.args.host, port=self.args.port, log_level=self.args.log_level, access_log=False
+            )
         )
-        log.info("node %d: starting ranks %s; HTTP on %s:%d", self.config.node_rank, self.ranks.ranks, self.args.host, self.args.port)
+        log.info(
+            "node %d: starting ranks %s; HTTP on %s:%d",
+            self.config.node_rank,
+            self.ranks.ranks,
+            self.args.host,
+            self.args.port,
+        )
         try:
             self._server.run()
         finally:
             self._stop_ranks()
-            log.info("node %d: stopped after %.1fs (exit %d)", self.config.node_rank, time.monotonic() - started, self.exit_code)
+            log.info(
+                "node %d: stopped after %.1fs (exit %d)",
+                self.config.node_rank,
+                time.monotonic() - started,
+                self.exit_code,
+            )
         return self.exit_code
 
     def _stop_ranks(self) -> None:
@@ -126,7 +139,9 @@ class NodeServer:
             await asyncio.sleep(0.1)
         self.monitor.engine_ready = True
         self.metrics.kv_pages_total.set(self.engine.info.num_pages)
-        serving = OpenAIServing(self.engine, tokenizer, self.args.served_model_name, self.args.model.vocab_size, self.metrics)
+        serving = OpenAIServing(
+            self.engine, tokenizer, self.args.served_model_name, self.args.model.vocab_size, self.metrics
+        )
         started = time.monotonic()
         self.serving = serving
         await self._one_token_generation()
@@ -136,7 +151,9 @@ class NodeServer:
     async def _one_token_generation(self) -> None:
         assert self.engine is not None
         request_id = self.engine.new_request_id("probe")
-        async for _ in self.engine.generate(request_id, [0], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)):
+        async for _ in self.engine.generate(
+            request_id, [0], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+        ):
             pass
 
     # -- nodes k > 0 -----------------------------------------------------------------------------
@@ -173,10 +190,8 @@ class NodeServer:
 
 
 def serve(args: ServerArgs) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return NodeServer(args).run()
 
 
-__all__ = ["serve", "NodeServer"]
+__all__ = ["NodeServer", "serve"]

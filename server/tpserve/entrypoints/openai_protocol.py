@@ -53,7 +53,7 @@ class SamplingFields(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _unsupported(self) -> "SamplingFields":
+    def _unsupported(self) -> SamplingFields:
         if self.presence_penalty or self.frequency_penalty:
             raise ValueError("presence_penalty and frequency_penalty are not supported (use 0)")
         if self.logit_bias:
@@ -78,7 +78,7 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
 
     @model_validator(mode="after")
-    def _completion_checks(self) -> "CompletionRequest":
+    def _completion_checks(self) -> CompletionRequest:
         if self.echo:
             raise ValueError("echo is not supported")
         if self.suffix:
@@ -119,7 +119,7 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
-    def _chat_checks(self) -> "ChatCompletionRequest":
+    def _chat_checks(self) -> ChatCompletionRequest:
         if self.tools:
             raise ValueError("tools are not supported")
         if self.top_logprobs is not None and not self.logprobs:

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.sampling import SamplingParams, TokenLogprobs
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .engine_client import AsyncEngine
 from .metrics import ServerMetrics
-from .openai_protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from .sampling import SamplingParams, TokenLogprobs
+from .openai_protocol import ChatCompletionRequest, CompletionRequest, PromptInput, SamplingFields
 
 
 class BadRequest(ValueError):
@@ -48,7 +48,9 @@ class ChoiceDelta:
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncEngine, tokenizer: Any, model_name: str, vocab_size: int, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tokenizer: Any, model_name: str, vocab_size: int, metrics: ServerMetrics
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -66,26 +68,19 @@ class OpenAIServing:
             raise LookupError(f"The model '{requested}' does not exist; this server serves '{self.model_name}'")
 
     async def completion_prompts(self, request: CompletionRequest) -> list[list[int]]:
-        prompt = request.prompt
-        if isinstance(prompt, str):
-            texts: list[str] | None = [prompt]
-        elif prompt and all(isinstance(p, str) for p in prompt):
-            texts = list(prompt)  # type: ignore[arg-type]
-        else:
-            texts = None
-        if texts is not None:
+        texts, id_lists = _texts_or_token_ids(request.prompt)
+        if texts:
             if any(t == "" for t in texts):
                 raise BadRequest("prompt must not be empty", "prompt")
             return await asyncio.to_thread(lambda: [self.tokenizer.encode(t) for t in texts])
-        id_lists = [prompt] if prompt and isinstance(prompt[0], int) else list(prompt)  # type: ignore[index]
         if not id_lists or any(len(ids) == 0 for ids in id_lists):
             raise BadRequest("prompt must not be empty", "prompt")
         vocab = self.vocab_size
         for ids in id_lists:
-            bad = [t for t in ids if not 0 <= t < vocab]  # type: ignore[operator]
+            bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise BadRequest(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
-        return [list(ids) for ids in id_lists]  # type: ignore[arg-type]
+        return id_lists
 
     async def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
@@ -99,7 +94,9 @@ class OpenAIServing:
         except Exception as exc:  # a template that rejects the conversation (e.g. role order)
             raise BadRequest(f"messages could not be rendered with the chat template: {exc}", "messages") from exc
 
-    def sampling_params(self, request: SamplingFields, prompt_len: int, max_tokens: int | None, logprobs: int | None, choice: int) -> SamplingParams:
+    def sampling_params(
+        self, request: SamplingFields, prompt_len: int, max_tokens: int | None, logprobs: int | None, choice: int
+    ) -> SamplingParams:
         room = self.max_model_len - prompt_len
         if room < 1:
             raise BadRequest(
@@ -144,7 +141,9 @@ class OpenAIServing:
         return choices
 
     # -- running choices -------------------------------------------------------------------------
-    async def run_choice(self, request_id: str, choice: ChoiceState, eos_ids: tuple[int, ...]) -> AsyncIterator[ChoiceDelta]:
+    async def run_choice(
+        self, request_id: str, choice: ChoiceState, eos_ids: tuple[int, ...]
+    ) -> AsyncIterator[ChoiceDelta]:
         started = time.monotonic()
         last = started
         self.metrics.prompt_tokens.inc(len(choice.prompt_ids))
@@ -183,7 +182,9 @@ class OpenAIServing:
             if choice.finish_reason is not None:
                 self.metrics.requests.labels(choice.finish_reason).inc()
 
-    async def merged(self, request_id: str, choices: list[ChoiceState], eos_ids: tuple[int, ...]) -> AsyncIterator[ChoiceDelta]:
+    async def merged(
+        self, request_id: str, choices: list[ChoiceState], eos_ids: tuple[int, ...]
+    ) -> AsyncIterator[ChoiceDelta]:
         """All choices' deltas, as they come; cancelling this cancels (and aborts) every choice."""
         if len(choices) == 1:
             async for delta in self.run_choice(request_id, choices[0], eos_ids):
@@ -217,7 +218,8 @@ class OpenAIServing:
 
     # -- response shapes -------------------------------------------------------------------------
     def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text: str = self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return text
 
     def completion_logprobs(self, entries: list[tuple[int, TokenLogprobs]], offset: int = 0) -> dict[str, Any]:
         tokens, token_logprobs, top, offsets = [], [], [], []
@@ -250,9 +252,22 @@ def new_id(prefix: str) -> str:
 def usage(prompts: list[list[int]], choices: list[ChoiceState]) -> dict[str, int]:
     prompt_tokens = sum(len(ids) for ids in prompts)
     completion_tokens = sum(len(c.token_ids) for c in choices)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n"
+
+
+def _texts_or_token_ids(prompt: PromptInput) -> tuple[list[str], list[list[int]]]:
+    """A completion prompt as texts, or as token-id lists (the schema allows no mixture)."""
+    if isinstance(prompt, str):
+        return [prompt], []
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [], [[p for p in prompt if isinstance(p, int)]]
+    return [p for p in prompt if isinstance(p, str)], [list(p) for p in prompt if isinstance(p, list)]

@@ -1,4 +1,4 @@
-"""Paged KV cache storage and the page allocator that hands its pages to sequences."""
+"""Paged KV cache storage: every layer's K and V in pages of `page_size` tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .batch import ForwardBatch
+    from ..core.batch import ForwardBatch
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class PagedKVCache:
         self.shape = shape
         self.padding_page = shape.num_pages
         self.layers = [
-            torch.zeros(shape.num_pages + 1, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            torch.zeros(
+                shape.num_pages + 1, 2, shape.page_size, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device
+            )
             for _ in range(shape.num_layers)
         ]
 
@@ -58,7 +60,7 @@ class PagedKVCache:
             rows += (k_row, k_row + page_size)
         return rows
 
-    def slots_for(self, batch: "ForwardBatch") -> torch.Tensor:
+    def slots_for(self, batch: ForwardBatch) -> torch.Tensor:
         """The step's K/V slots, [tokens, 2] on the device: built once per step, used by every layer."""
         rows = self.slot_rows(*batch.kv_write_slots(self.shape.page_size))
         device = self.layers[0].device
@@ -89,33 +91,3 @@ def _as_pair(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     if distance <= 0:
         return None
     return k.as_strided((k.shape[0], 2, *k.shape[1:]), (k.stride(0), distance, *k.stride()[1:]))
-
-
-class OutOfPages(RuntimeError):
-    pass
-
-
-class PageAllocator:
-    """Free-list of page ids. Lives on rank 0 only: the scheduler decides, every rank obeys."""
-
-    def __init__(self, num_pages: int) -> None:
-        self.num_pages = num_pages
-        self._free = list(range(num_pages - 1, -1, -1))
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    @property
-    def num_used(self) -> int:
-        return self.num_pages - len(self._free)
-
-    def allocate(self, count: int) -> list[int]:
-        if count > len(self._free):
-            raise OutOfPages(f"asked for {count} pages, {len(self._free)} free")
-        taken = self._free[len(self._free) - count :]
-        del self._free[len(self._free) - count :]
-        return taken
-
-    def release(self, pages: list[int]) -> None:
-        self._free.extend(pages)

@@ -1,7 +1,7 @@
-"""Model and engine configuration, validated before any process or collective starts.
+"""Model configuration read from a checkpoint, and how its heads split across ranks.
 
-Every check that can fail on user input lives here so that a bad model directory or a bad
-flag combination is reported once, in the launching process, with a message naming the cause.
+Every check that can fail on a model directory lives here, so a bad checkpoint is reported
+once, in the launching process, with a message naming the cause.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names what is wrong."""
+from ..core.errors import ConfigError
+from ..layers.rotary import SUPPORTED_ROPE_TYPES, RopeConfig
 
 
 @dataclass(frozen=True)
@@ -34,18 +33,6 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "Qwen2ForCausalLM": ModelFamily("qwen2", qkv_bias=True),
     "Qwen3ForCausalLM": ModelFamily("qwen3", qk_norm=True),
 }
-
-SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
-
-
-@dataclass(frozen=True)
-class RopeConfig:
-    theta: float
-    rope_type: str = "default"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
 
 
 @dataclass(frozen=True)
@@ -67,7 +54,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
 
     @staticmethod
-    def from_dir(model_dir: str | os.PathLike[str]) -> "ModelConfig":
+    def from_dir(model_dir: str | os.PathLike[str]) -> ModelConfig:
         path = Path(model_dir)
         if not path.is_dir():
             raise ConfigError(f"--model {model_dir}: not a directory")
@@ -81,24 +68,18 @@ class ModelConfig:
         return ModelConfig.from_dict(raw, source=str(config_path))
 
     @staticmethod
-    def from_dict(raw: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_dict(raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
         architectures = raw.get("architectures") or []
         if not architectures:
             raise ConfigError(f"{source}: 'architectures' is missing; cannot tell which model this is")
         architecture = architectures[0]
         if architecture not in MODEL_FAMILIES:
             supported = ", ".join(sorted(MODEL_FAMILIES))
-            raise ConfigError(
-                f"{source}: unsupported architecture {architecture!r} (supported: {supported})"
-            )
-        if raw.get("use_sliding_window") or (
-            architecture == "MistralForCausalLM" and raw.get("sliding_window")
-        ):
+            raise ConfigError(f"{source}: unsupported architecture {architecture!r} (supported: {supported})")
+        if raw.get("use_sliding_window") or (architecture == "MistralForCausalLM" and raw.get("sliding_window")):
             window = raw.get("sliding_window")
             if window and window < raw.get("max_position_embeddings", 0):
-                raise ConfigError(
-                    f"{source}: sliding-window attention (window {window}) is not supported"
-                )
+                raise ConfigError(f"{source}: sliding-window attention (window {window}) is not supported")
         num_heads = int(raw["num_attention_heads"])
         hidden_size = int(raw["hidden_size"])
         eos = raw.get("eos_token_id")
@@ -152,24 +133,18 @@ class ShardLayout:
     kv_replication: int  # how many ranks share one KV head (1 when KV heads are split)
 
     @staticmethod
-    def for_model(config: ModelConfig, tp: int) -> "ShardLayout":
+    def for_model(config: ModelConfig, tp: int) -> ShardLayout:
         if tp < 1:
             raise ConfigError(f"--tp must be >= 1, got {tp}")
         if config.num_heads % tp:
-            raise ConfigError(
-                f"--tp {tp} does not divide the model's {config.num_heads} attention heads"
-            )
+            raise ConfigError(f"--tp {tp} does not divide the model's {config.num_heads} attention heads")
         if config.num_kv_heads >= tp:
             if config.num_kv_heads % tp:
-                raise ConfigError(
-                    f"--tp {tp} does not divide the model's {config.num_kv_heads} key/value heads"
-                )
+                raise ConfigError(f"--tp {tp} does not divide the model's {config.num_kv_heads} key/value heads")
             return ShardLayout(tp, config.num_heads // tp, config.num_kv_heads // tp, 1)
         # Fewer KV heads than ranks: each KV head is replicated on tp / num_kv_heads ranks.
         if tp % config.num_kv_heads:
-            raise ConfigError(
-                f"--tp {tp} is not a multiple of the model's {config.num_kv_heads} key/value heads"
-            )
+            raise ConfigError(f"--tp {tp} is not a multiple of the model's {config.num_kv_heads} key/value heads")
         return ShardLayout(tp, config.num_heads // tp, 1, tp // config.num_kv_heads)
 
     def kv_head_offset(self, rank: int) -> int:
@@ -196,80 +171,3 @@ def resolve_dtype(requested: str, model: ModelConfig, device: str) -> torch.dtyp
         return torch.float32  # half precision matmuls are slow and imprecise on CPU
     checkpoint_dtype = DTYPES.get(model.torch_dtype or "", torch.bfloat16)
     return torch.bfloat16 if checkpoint_dtype == torch.float32 else checkpoint_dtype
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything a rank needs to build its shard of the engine. Picklable, sent to every rank."""
-
-    model_path: str
-    tp: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
-    dist_init_addr: str = "127.0.0.1:0"
-    device: str = "cpu"
-    dtype: str = "auto"
-    load_format: str = "auto"
-    mem_fraction_static: float = 0.9
-    max_prefill_length: int = 8192
-    page_size: int = 16
-    max_running_requests: int | None = None
-    max_total_tokens: int | None = None
-    context_length: int | None = None
-    attention_backend: str = "torch"
-    dist_timeout: float = 300.0
-    seed: int = 0
-    cuda_graph_max_bs: int = 256
-    disable_cuda_graph: bool = False
-    disable_custom_all_reduce: bool = False
-    enable_p2p_check: bool = False
-
-    @property
-    def use_cuda_graph(self) -> bool:
-        return self.device == "cuda" and not self.disable_cuda_graph
-
-    @property
-    def ranks_per_node(self) -> int:
-        return self.tp // self.nnodes
-
-    def validate(self) -> ModelConfig:
-        """Check every flag against each other and the model; returns the parsed model config."""
-        if self.nnodes < 1:
-            raise ConfigError(f"--nnodes must be >= 1, got {self.nnodes}")
-        if self.tp % self.nnodes:
-            raise ConfigError(f"--tp {self.tp} is not divisible by --nnodes {self.nnodes}")
-        if not 0 <= self.node_rank < self.nnodes:
-            raise ConfigError(f"--node-rank {self.node_rank} must be in [0, --nnodes {self.nnodes})")
-        if self.page_size < 1:
-            raise ConfigError(f"--page-size must be >= 1, got {self.page_size}")
-        if self.max_prefill_length < 1:
-            raise ConfigError(f"--max-prefill-length must be >= 1, got {self.max_prefill_length}")
-        if not 0.0 < self.mem_fraction_static <= 1.0:
-            raise ConfigError(f"--mem-fraction-static must be in (0, 1], got {self.mem_fraction_static}")
-        if self.load_format not in ("auto", "safetensors", "dummy"):
-            raise ConfigError(f"--load-format {self.load_format!r}: expected auto or dummy")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"--device {self.device!r}: expected cuda or cpu")
-        if self.device == "cuda":
-            visible = torch.cuda.device_count()
-            if self.ranks_per_node > visible:
-                raise ConfigError(
-                    f"--tp {self.tp} over --nnodes {self.nnodes} needs {self.ranks_per_node} GPUs "
-                    f"on this node, but {visible} are visible"
-                )
-        from .attention import check_backend
-
-        check_backend(self.attention_backend, self.device)
-        model = ModelConfig.from_dir(self.model_path)
-        ShardLayout.for_model(model, self.tp)
-        resolve_dtype(self.dtype, model, self.device)
-        if self.load_format != "dummy" and not any(Path(self.model_path).glob("*.safetensors")):
-            raise ConfigError(f"--model {self.model_path}: no *.safetensors weights in the directory")
-        if self.cuda_graph_max_bs < 1:
-            raise ConfigError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
-        if self.context_length is not None and self.context_length < 2:
-            raise ConfigError(f"--context-length must be >= 2, got {self.context_length}")
-        return model
-
-    def max_model_len(self, model: ModelConfig) -> int:
-        return self.context_length or model.max_position_embeddings

@@ -6,25 +6,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionBackend
+from ..attention import AttentionBackend
+from ..distributed.group import TPGroup
+from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from ..layers.kernels import fused_kernels
+from ..layers.linear import ColumnParallelLinear, RowParallelLinear, split_range
+from ..layers.norm import RMSNorm
+from ..layers.rotary import RotaryEmbedding
+from ..layers.weight_spec import WeightSpec
 from .config import ModelConfig, ShardLayout
-from .distributed import TPGroup
-from .layers import (
-    ColumnParallelLinear,
-    ParallelLMHead,
-    RMSNorm,
-    RotaryEmbedding,
-    RowParallelLinear,
-    VocabParallelEmbedding,
-    WeightSpec,
-    fused_kernels,
-    split_range,
-)
 
 
 class Attention(nn.Module):
     def __init__(
-        self, config: ModelConfig, layout: ShardLayout, group: TPGroup, layer: int, dtype: torch.dtype, device: torch.device
+        self,
+        config: ModelConfig,
+        layout: ShardLayout,
+        group: TPGroup,
+        layer: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
         self.layer = layer
@@ -58,7 +59,8 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(positions, q, k)
-        return self.o_proj(attention.forward(self.layer, q, k, v))
+        out: torch.Tensor = self.o_proj(attention.forward(self.layer, q, k, v))
+        return out
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         specs = self.qkv_proj.weight_specs(prefix) + self.o_proj.weight_specs(f"{prefix}.o_proj")
@@ -73,7 +75,11 @@ class MLP(nn.Module):
         super().__init__()
         start, rows = split_range(config.intermediate_size, group.world_size, group.rank)
         self.gate_up_proj = ColumnParallelLinear(
-            config.hidden_size, [("gate_proj", start, rows), ("up_proj", start, rows)], bias=False, dtype=dtype, device=device
+            config.hidden_size,
+            [("gate_proj", start, rows), ("up_proj", start, rows)],
+            bias=False,
+            dtype=dtype,
+            device=device,
         )
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, group, dtype, device)
         self.local_rows = rows
@@ -82,9 +88,12 @@ class MLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(hidden)
         if self.kernels is not None:
-            return self.down_proj(self.kernels.activation.silu_and_mul(gate_up))
-        gate, up = gate_up.split(self.local_rows, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+            activated: torch.Tensor = self.kernels.activation.silu_and_mul(gate_up)
+        else:
+            gate, up = gate_up.split(self.local_rows, dim=-1)
+            activated = F.silu(gate) * up
+        out: torch.Tensor = self.down_proj(activated)
+        return out
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         return self.gate_up_proj.weight_specs(prefix) + self.down_proj.weight_specs(f"{prefix}.down_proj")
@@ -92,7 +101,13 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(
-        self, config: ModelConfig, layout: ShardLayout, group: TPGroup, layer: int, dtype: torch.dtype, device: torch.device
+        self,
+        config: ModelConfig,
+        layout: ShardLayout,
+        group: TPGroup,
+        layer: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
@@ -159,11 +174,13 @@ class DecoderModel(nn.Module):
             hidden, residual = layer(hidden, residual, positions, self.rotary, attention)
         assert residual is not None
         hidden, _ = self.norm.add_and_norm(hidden[sample_indices], residual[sample_indices])
-        return self.lm_head(hidden)
+        logits: torch.Tensor = self.lm_head(hidden)
+        return logits
 
     def weight_specs(self) -> list[WeightSpec]:
         specs = self.embed_tokens.weight_specs("model.embed_tokens.weight")
         for i, layer in enumerate(self.layers):
+            assert isinstance(layer, DecoderLayer)  # nn.ModuleList hands out plain Modules
             specs += layer.weight_specs(f"model.layers.{i}")
         specs += self.norm.weight_specs("model.norm.weight")
         specs += self.lm_head.weight_specs("lm_head.weight")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
 
-from .config import ConfigError
-from .layers import WeightSpec
+from ..core.errors import ConfigError
+from ..layers.weight_spec import WeightSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,12 @@ def checkpoint_files(model_dir: Path) -> dict[str, Path]:
     names: dict[str, Path] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 names[name] = file
     return names
 
 
-def load_safetensors(
-    specs: list[WeightSpec], model_dir: Path, progress: ProgressCallback | None = None
-) -> None:
+def load_safetensors(specs: list[WeightSpec], model_dir: Path, progress: ProgressCallback | None = None) -> None:
     where = checkpoint_files(model_dir)
     missing = [spec.name for spec in specs if spec.name not in where]
     if missing:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import torch.distributed as dist
+from torch._C._distributed_c10d import TCPStore
 
-from tpserve.distributed import TPGroup, destroy_tp_group, init_tp_group
-from tpserve.launcher import free_port
+from tpserve.distributed.group import TPGroup, destroy_tp_group, init_tp_group
+from tpserve.engine.launcher import free_port
 
 RankFn = Callable[..., Any]
 
@@ -47,8 +48,10 @@ def run_on_ranks(world_size: int, device_kind: str, fn: RankFn, *args: Any, time
     return outcomes[0][1]
 
 
-def _rank_entry(rank: int, world_size: int, device_kind: str, port: int, results: Any, fn: RankFn, args: tuple) -> None:
-    store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0)
+def _rank_entry(
+    rank: int, world_size: int, device_kind: str, port: int, results: Any, fn: RankFn, args: tuple[Any, ...]
+) -> None:
+    store = TCPStore("127.0.0.1", port, world_size, rank == 0)
     group: TPGroup | None = None
     try:
         group = init_tp_group(store, world_size, rank, device_kind, local_rank=rank, timeout_s=300, single_node=True)

@@ -122,7 +122,9 @@ def train_tokenizer(out_dir: Path, vocab_size: int) -> tuple[int, int]:
         chat_template=CHAT_TEMPLATE,
     )
     wrapped.save_pretrained(str(out_dir))
-    return tokenizer.token_to_id("<|endoftext|>"), tokenizer.token_to_id("<|im_end|>")
+    pad_id, eos_id = tokenizer.token_to_id("<|endoftext|>"), tokenizer.token_to_id("<|im_end|>")
+    assert pad_id is not None and eos_id is not None, "the trainer keeps every special token"
+    return pad_id, eos_id
 
 
 def build_tiny_checkpoint(out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
