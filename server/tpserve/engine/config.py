@@ -7,12 +7,13 @@ once, in the launching process, with a message naming the cause.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..attention import check_backend
 from ..core.errors import ConfigError
+from ..models.checkpoint import Checkpoint
 from ..models.config import ModelConfig, ShardLayout, resolve_dtype
 
 
@@ -21,6 +22,7 @@ class EngineConfig:
     """Everything a rank needs to build its shard of the engine. Picklable, sent to every rank."""
 
     model_path: str
+    tokenizer_path: str | None = None  # another tokenizer than the checkpoint's own
     tp: int = 1
     nnodes: int = 1
     node_rank: int = 0
@@ -76,16 +78,23 @@ class EngineConfig:
                     f"on this node, but {visible} are visible"
                 )
         check_backend(self.attention_backend, self.device)
-        model = ModelConfig.from_dir(self.model_path)
+        checkpoint = self.checkpoint()
+        model = checkpoint.model_config()
         ShardLayout.for_model(model, self.tp)
         resolve_dtype(self.dtype, model, self.device)
-        if self.load_format != "dummy" and not any(Path(self.model_path).glob("*.safetensors")):
-            raise ConfigError(f"--model {self.model_path}: no *.safetensors weights in the directory")
+        if self.load_format != "dummy":
+            checkpoint.check_weights(model)
         if self.cuda_graph_max_bs < 1:
             raise ConfigError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.context_length is not None and self.context_length < 2:
             raise ConfigError(f"--context-length must be >= 2, got {self.context_length}")
         return model
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint.locate(self.model_path)
+
+    def load_tokenizer(self) -> Any:
+        return self.checkpoint().load_tokenizer(self.tokenizer_path)
 
     def max_model_len(self, model: ModelConfig) -> int:
         return self.context_length or model.max_position_embeddings

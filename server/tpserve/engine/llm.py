@@ -9,8 +9,6 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from transformers import AutoTokenizer
-
 from .config import EngineConfig
 from .launcher import EngineError, LocalRanks, with_rendezvous_port
 from .messages import AddRequest, RequestRejected, StepOutputs
@@ -36,7 +34,7 @@ class LLM:
     ) -> None:
         self.config = with_rendezvous_port(EngineConfig(model_path=str(model), tp=tp, device=device, **engine))
         self.model_config = self.config.validate()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model)) if self.config.load_format != "dummy" else None
+        self.tokenizer = self.config.load_tokenizer() if self.config.load_format != "dummy" else None
         self._ids = itertools.count()
         self.ranks = LocalRanks(self.config)
         try:

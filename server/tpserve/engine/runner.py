@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -20,7 +19,7 @@ from ..distributed.status_board import Phase
 from ..kvcache.paged_cache import KVCacheShape, PagedKVCache
 from ..models.config import ModelConfig, ShardLayout, resolve_dtype
 from ..models.decoder import DecoderModel
-from ..models.weights import LoadProgress, fill_dummy, load_safetensors
+from ..models.weights import LoadProgress, fill_dummy
 from .config import EngineConfig
 from .cuda_graph import CudaGraphCapture, DecodeGraphs
 
@@ -66,7 +65,7 @@ class ModelRunner:
         if config.load_format == "dummy":
             fill_dummy(specs, seed=config.seed)
         else:
-            load_safetensors(specs, Path(config.model_path), LoadProgress(group.rank))
+            config.checkpoint().load_weights(specs, model_config, LoadProgress(group.rank))
         log.info("rank %d: weights ready in %.2fs (%s)", group.rank, time.monotonic() - started, self.dtype)
 
         started = time.monotonic()

@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-path",
         dest="model",
         required=True,
-        help="HF-format model directory: config.json, *.safetensors, tokenizer files",
+        help="HF-format model directory (config.json, *.safetensors, tokenizer files), a .gguf file, "
+        "or a directory holding one .gguf file",
+    )
+    model.add_argument(
+        "--tokenizer",
+        "--tokenizer-path",
+        dest="tokenizer",
+        help="tokenizer directory to use instead of the checkpoint's own (a GGUF file carries one)",
     )
     model.add_argument("--served-model-name", help="name reported by /v1/models (default: the directory name)")
     model.add_argument(
@@ -180,6 +187,7 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
     attention = ns.attn or ("fi" if device == "cuda" and importlib.util.find_spec("flashinfer") else "torch")
     return EngineConfig(
         model_path=ns.model,
+        tokenizer_path=ns.tokenizer,
         tp=ns.tp,
         nnodes=ns.nnodes,
         node_rank=ns.node_rank,
@@ -203,6 +211,12 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
     )
 
 
+def default_served_name(model: str) -> str:
+    """The model directory's name, or a GGUF file's name without `.gguf`."""
+    path = Path(model).resolve()
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
 def server_args(argv: list[str] | None = None) -> ServerArgs:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -218,7 +232,7 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
     return ServerArgs(
         engine=config,
         model=model,
-        served_model_name=ns.served_model_name or Path(ns.model).resolve().name,
+        served_model_name=ns.served_model_name or default_served_name(ns.model),
         host=ns.host,
         port=ns.port,
         api_key=ns.api_key,

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI
-from transformers import AutoTokenizer
 
 from ..distributed.status_board import GroupWatcher, connect_store
 from ..engine.launcher import LocalRanks, with_rendezvous_port
@@ -131,7 +130,7 @@ class NodeServer:
     async def _start_engine(self) -> None:
         assert self.ranks is not None and self.monitor is not None and self.ranks.store is not None
         self.monitor.watcher = GroupWatcher(self.ranks.store, self.config.tp)
-        tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.config.model_path)
+        tokenizer = await asyncio.to_thread(self.config.load_tokenizer)
         self.engine = AsyncEngine(self.ranks, asyncio.get_running_loop())
         while self.engine.info is None:
             if self.monitor.failed:

@@ -12,15 +12,18 @@ from types import ModuleType
 import torch
 from torch import nn
 
+# flashinfer's fused norm, rotary and activation kernels dispatch on these dtypes only.
+FUSED_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
-def fused_kernels(device: torch.device) -> ModuleType | None:
-    """flashinfer, when its fused kernels can replace the torch reference ops on `device`.
+
+def fused_kernels(device: torch.device, dtype: torch.dtype) -> ModuleType | None:
+    """flashinfer, when its fused kernels can replace the torch reference ops for `dtype` on `device`.
 
     Each fused kernel (RMSNorm with the residual add, rotary, SiLU-and-multiply) does in one
     launch what takes several torch ops; at small decode batches those launches, not the bytes,
     dominate a step. TPSERVE_FUSED_KERNELS=0 keeps the torch ops (for comparisons).
     """
-    if device.type != "cuda" or os.environ.get("TPSERVE_FUSED_KERNELS", "1") == "0":
+    if device.type != "cuda" or dtype not in FUSED_KERNEL_DTYPES or os.environ.get("TPSERVE_FUSED_KERNELS", "1") == "0":
         return None
     if importlib.util.find_spec("flashinfer") is None:
         return None

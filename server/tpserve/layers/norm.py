@@ -14,7 +14,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype, device=device), requires_grad=False)
-        self.kernels = fused_kernels(device)
+        self.kernels = fused_kernels(device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """norm(x) over the last axis of x: [tokens, size] or, for q/k norms, [tokens, heads, size].

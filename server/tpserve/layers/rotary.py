@@ -59,7 +59,7 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos().to(dtype=dtype, device=device), persistent=False)
         self.register_buffer("sin", emb.sin().to(dtype=dtype, device=device), persistent=False)
-        self.kernels = fused_kernels(device)
+        self.kernels = fused_kernels(device, dtype)
         if self.kernels is not None:  # the fused kernel's table: [positions, cos half | sin half], float32
             self.register_buffer("cos_sin", torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device), persistent=False)
         self.head_dim = head_dim

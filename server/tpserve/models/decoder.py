@@ -83,7 +83,7 @@ class MLP(nn.Module):
         )
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, group, dtype, device)
         self.local_rows = rows
-        self.kernels = fused_kernels(device)
+        self.kernels = fused_kernels(device, dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(hidden)

@@ -49,6 +49,8 @@ class TinySpec:
     shards: int = 1  # >1 writes several safetensors files and an index
     init_std: float = 0.2  # wide enough that greedy argmax is rarely a near-tie
     seed: int = 0
+    head_dim: int | None = None  # None: hidden_size / num_heads
+    llama3_rope: bool = True  # Llama's rope scaling (GGUF files keep plain rope: set False for them)
 
 
 def _config_kwargs(spec: TinySpec, eos_id: int, bos_id: int) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def _config_kwargs(spec: TinySpec, eos_id: int, bos_id: int) -> dict[str, Any]:
         eos_token_id=eos_id,
         bos_token_id=bos_id,
     )
-    if spec.family == "llama":
+    if spec.family == "llama" and spec.llama3_rope:
         # Llama 3.x rope scaling, with cut-offs that put some frequencies in each band.
         common["rope_scaling"] = {
             "rope_type": "llama3",
@@ -80,8 +82,8 @@ def _config_kwargs(spec: TinySpec, eos_id: int, bos_id: int) -> dict[str, Any]:
         common["sliding_window"] = None
     elif spec.family == "qwen2":
         common["use_sliding_window"] = False
-    elif spec.family == "qwen3":
-        common["head_dim"] = spec.hidden_size // spec.num_heads
+    if spec.head_dim is not None or spec.family == "qwen3":  # Qwen3's config default is 128
+        common["head_dim"] = spec.head_dim or spec.hidden_size // spec.num_heads
     return common
 
 
