@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import pytest
 
+from tpserve.engine import scheduler as scheduler_module
 from tpserve.engine.sampling import SampleResult, SamplingParams
 from tpserve.engine.scheduler import FinishReason, RequestError, Scheduler, SchedulerLimits, Sequence
+
+from .scheduler_invariants import check_idle, check_invariants
 
 EOS = 2
 
 
-def make_scheduler(num_pages: int = 64, page_size: int = 4, max_prefill: int = 8, max_running: int = 8) -> Scheduler:
+def make_scheduler(
+    num_pages: int = 64, page_size: int = 4, max_prefill: int = 8, max_running: int = 8, radix: bool = True
+) -> Scheduler:
     return Scheduler(
-        SchedulerLimits(page_size, num_pages, max_running, max_prefill, max_model_len=64, eos_token_ids=(EOS,))
+        SchedulerLimits(
+            page_size, num_pages, max_running, max_prefill, max_model_len=64, eos_token_ids=(EOS,), radix_cache=radix
+        )
     )
 
 
-def seq(request_id: str, prompt_len: int, **params: object) -> Sequence:
-    return Sequence(request_id, list(range(10, 10 + prompt_len)), prompt_len, SamplingParams(**params))  # type: ignore[arg-type]
+def seq(request_id: str, prompt_len: int, first_token: int = 10, **params: object) -> Sequence:
+    prompt = list(range(first_token, first_token + prompt_len))
+    return Sequence(request_id, prompt, prompt_len, SamplingParams(**params))  # type: ignore[arg-type]
 
 
 def run_step(scheduler: Scheduler, token: int = 7) -> list:
     planned = scheduler.schedule()
-    assert planned is not None
+    ended = scheduler.take_finished_in_planning()
+    if planned is None:
+        assert ended, "no step planned although nothing ended"
+        return ended
     batch, seqs = planned
     samples = [SampleResult(token, None) for wants in batch.sample if wants]
-    return scheduler.update(seqs, batch, samples)
+    return ended + scheduler.update(seqs, batch, samples)
 
 
 def test_long_prompt_is_prefilled_in_chunks_within_budget() -> None:
@@ -37,7 +48,7 @@ def test_long_prompt_is_prefilled_in_chunks_within_budget() -> None:
         budgets.append(batch.query_lens)
         scheduler.update(_, batch, [SampleResult(7, None) for w in batch.sample if w])
     assert budgets == [[8], [8], [4], [1]]
-    assert scheduler.pages.num_used == 0
+    check_idle(scheduler)
 
 
 def test_decodes_share_a_step_with_a_prefill_chunk() -> None:
@@ -60,16 +71,27 @@ def test_max_running_caps_admission() -> None:
     assert len(scheduler.waiting) == 1
 
 
-def test_preemption_frees_pages_and_requeues_the_newest() -> None:
-    scheduler = make_scheduler(num_pages=4, page_size=4, max_prefill=64)
-    scheduler.add(seq("a", 8, max_tokens=20))
-    scheduler.add(seq("b", 8, max_tokens=20))
-    run_step(scheduler)  # both prefilled: 2 pages each, cache full
-    assert scheduler.pages.num_free == 0
-    run_step(scheduler)  # position 8 needs a third page for a: b is preempted
+@pytest.mark.parametrize("radix", [True, False], ids=["radix", "no-radix"])
+def test_preemption_takes_the_least_progress_and_requeues_it_first(radix: bool, monkeypatch) -> None:
+    # An estimate of decode growth that turns out too low (here: none) is what leads to preemption.
+    monkeypatch.setattr(scheduler_module, "MIN_NEW_TOKEN_RATIO", 0.0)
+    scheduler = make_scheduler(num_pages=4, page_size=4, max_prefill=64, radix=radix)
+    scheduler.new_token_ratio = 0.0
+    scheduler.add(seq("a", 7, max_tokens=20))
+    run_step(scheduler)  # a: 7 prompt tokens + 1 generated, 2 pages
+    scheduler.add(seq("b", 7, first_token=100, max_tokens=20))  # nothing in common with a
+    run_step(scheduler)  # b prefilled, a decodes into its second page: cache full
+    assert scheduler.pages_in_use == 4 and [s.num_generated for s in scheduler.running] == [2, 1]
+    run_step(scheduler)  # a needs a third page: b, with less progress, is preempted
     assert [s.request_id for s in scheduler.running] == ["a"]
     assert scheduler.waiting[0].request_id == "b" and scheduler.waiting[0].num_cached == 0
-    assert len(scheduler.waiting[0].token_ids) == 9, "b keeps its generated token and recomputes it"
+    assert len(scheduler.waiting[0].token_ids) == 8, "b keeps its generated token and recomputes it"
+    assert scheduler.num_preemptions == 1
+    check_invariants(scheduler)
+    while scheduler.has_work:
+        run_step(scheduler)
+        check_invariants(scheduler)
+    check_idle(scheduler)
 
 
 def test_eos_stops_unless_ignored() -> None:
@@ -89,7 +111,7 @@ def test_abort_returns_pages() -> None:
     assert scheduler.pages.num_used > 0
     out = scheduler.abort("a")
     assert out is not None and out.finish_reason == FinishReason.ABORT
-    assert scheduler.pages.num_used == 0 and not scheduler.has_work
+    check_idle(scheduler)
 
 
 @pytest.mark.parametrize(
@@ -113,3 +135,35 @@ def test_prompt_larger_than_the_whole_cache_is_refused() -> None:
 def test_sampling_params_name_the_bad_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value})  # type: ignore[arg-type]
+
+
+def test_admission_keeps_room_for_the_decode_growth_of_running_requests() -> None:
+    scheduler = make_scheduler(num_pages=8, page_size=4, max_prefill=64)
+    scheduler.add(seq("a", 4, max_tokens=20))
+    run_step(scheduler)
+    scheduler.add(seq("b", 4, max_tokens=20))
+    run_step(scheduler)
+    # a is expected to take 0.7 x 19 more tokens (5 pages with its prompt): b must wait.
+    assert [s.request_id for s in scheduler.running] == ["a"] and scheduler.waiting[0].request_id == "b"
+    while scheduler.has_work:
+        run_step(scheduler)
+        check_invariants(scheduler)
+    assert scheduler.num_preemptions == 0
+    check_idle(scheduler)
+
+
+def test_a_request_the_whole_cache_cannot_grow_finishes_with_length() -> None:
+    """The livelock case: four requests promising more tokens than the cache holds, one after another."""
+    scheduler = make_scheduler(num_pages=4, page_size=4, max_prefill=64)  # 16 tokens in all
+    for name in "abcd":
+        scheduler.add(seq(name, 3, max_tokens=40))
+    finished: dict[str, FinishReason] = {}
+    for _ in range(200):
+        if not scheduler.has_work:
+            break
+        for out in run_step(scheduler):
+            if out.finish_reason is not None:
+                finished[out.request_id] = out.finish_reason
+        check_invariants(scheduler)
+    assert finished == dict.fromkeys("abcd", FinishReason.LENGTH)
+    check_idle(scheduler)

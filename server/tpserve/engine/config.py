@@ -43,6 +43,7 @@ class EngineConfig:
     disable_cuda_graph: bool = False
     disable_custom_all_reduce: bool = False
     enable_p2p_check: bool = False
+    disable_radix_cache: bool = False
 
     @property
     def use_cuda_graph(self) -> bool:

@@ -1,12 +1,17 @@
-"""Continuous batching with chunked prefill over a paged KV cache. Runs on rank 0 only.
+"""Continuous batching with chunked prefill over a paged KV cache with a radix prefix cache.
 
-Every step mixes the decode token of each running sequence with prefill chunks (at most
-`max_prefill_length` prefill tokens in all), so long prompts never stall running streams.
-When pages run out, the newest running sequence is preempted and later recomputed.
+Runs on rank 0 only. Every step mixes the decode token of each running sequence with prefill
+chunks (at most `max_prefill_length` prefill tokens in all), so long prompts never stall running
+streams. A new sequence starts from the longest cached prefix of its tokens (its full pages are
+shared with the radix tree, read-only); its own full pages join the tree as they are computed.
+Admission keeps room for the decode growth running sequences are expected to need; when pages
+still run out, the sequence with the least progress is preempted (its computed pages stay cached,
+so resuming is cheap), and a sequence that alone cannot grow further finishes with `length`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,6 +21,7 @@ import torch
 
 from ..core.batch import ForwardBatch
 from ..kvcache.allocator import PageAllocator
+from ..kvcache.radix_cache import RadixCache, RadixNode
 from .sampling import SampleResult, SamplingParams, TokenLogprobs
 
 
@@ -29,7 +35,7 @@ class FinishReason(str, Enum):
     ABORT = "abort"
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: `in` and removal never compare fields
 class Sequence:
     request_id: str
     token_ids: list[int]  # prompt followed by generated tokens
@@ -37,6 +43,7 @@ class Sequence:
     params: SamplingParams
     rng: torch.Generator | None = None
     pages: list[int] = field(default_factory=list)
+    nodes: list[RadixNode] = field(default_factory=list)  # locked tree nodes: the first len(nodes) pages
     num_cached: int = 0  # tokens whose K/V are in the cache
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
@@ -48,6 +55,10 @@ class Sequence:
     @property
     def num_uncached(self) -> int:
         return len(self.token_ids) - self.num_cached
+
+    def remaining_tokens(self, max_model_len: int) -> int:
+        """Tokens this sequence may still generate."""
+        return max(0, min(self.params.max_tokens - self.num_generated, max_model_len - len(self.token_ids)))
 
 
 @dataclass(frozen=True)
@@ -68,16 +79,51 @@ class SchedulerLimits:
     max_prefill_length: int
     max_model_len: int
     eos_token_ids: tuple[int, ...]
+    radix_cache: bool = True
+
+
+# The share of its remaining max_tokens a running sequence is expected to still generate, as
+# SGLang estimates it: start cautious, decay as sequences finish early, back up on a preemption.
+INITIAL_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = 0.001
+NEW_TOKEN_RATIO_ON_PREEMPTION = 0.2
 
 
 class Scheduler:
     def __init__(self, limits: SchedulerLimits) -> None:
         self.limits = limits
         self.pages = PageAllocator(limits.num_pages)
+        self.radix = RadixCache(limits.page_size, self.pages) if limits.radix_cache else None
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self._running: dict[str, Sequence] = {}  # insertion-ordered; O(1) membership and removal
         self._by_id: dict[str, Sequence] = {}
         self._preempted_this_step = False
+        self._finished_in_planning: list[StepOutput] = []
+        self.new_token_ratio = INITIAL_NEW_TOKEN_RATIO
+        self.num_preemptions = 0
+        self.prefix_queried_tokens = 0
+        self.prefix_hit_tokens = 0
+
+    @property
+    def running(self) -> list[Sequence]:
+        return list(self._running.values())
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def pages_in_use(self) -> int:
+        """Pages held by unfinished sequences (cached pages nobody holds are free to evict)."""
+        return self.pages.num_used - self._evictable()
+
+    def _evictable(self) -> int:
+        return self.radix.num_evictable if self.radix is not None else 0
+
+    def _capacity(self) -> int:
+        """Pages that can be handed out now: free ones and cached ones nobody holds."""
+        return self.pages.num_free + self._evictable()
 
     # -- admission -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -107,17 +153,23 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self._running)
+
+    def take_finished_in_planning(self) -> list[StepOutput]:
+        """Sequences `schedule` ended without a new token (they could not grow any further)."""
+        finished, self._finished_in_planning = self._finished_in_planning, []
+        return finished
 
     # -- planning --------------------------------------------------------------------------
     def schedule(self) -> tuple[ForwardBatch, list[Sequence]] | None:
         """Choose this step's sequences and token counts; allocate their pages."""
         scheduled: list[tuple[Sequence, int]] = []
         self._preempted_this_step = False
-        for seq in list(self._decoding()):
-            if seq not in self.running:
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        for seq in self._decoding():
+            if seq.request_id not in self._running:
                 continue  # preempted while making room for an earlier one
-            if self._reserve(seq, 1, preempt=True):
+            if self._grow(seq):
                 scheduled.append((seq, 1))
         budget = self.limits.max_prefill_length
         for seq in self._prefilling():
@@ -128,15 +180,19 @@ class Scheduler:
                 scheduled.append((seq, chunk))
                 budget -= chunk
         # After a preemption the cache is short: admitting now would only thrash.
-        while budget and self.waiting and len(self.running) < self.limits.max_running and not self._preempted_this_step:
+        reserved = self._reserved_decode_pages() if self.waiting else 0
+        while (
+            budget and self.waiting and len(self._running) < self.limits.max_running and not self._preempted_this_step
+        ):
             seq = self.waiting[0]
-            chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
+            chunk = self._admit(seq, budget, reserved)
             if chunk == 0:
                 break  # wait for pages to come back
             self.waiting.popleft()
-            self.running.append(seq)
+            self._running[seq.request_id] = seq
             scheduled.append((seq, chunk))
             budget -= chunk
+            reserved += self._pages_still_needed(seq)
         if not scheduled:
             return None
         batch = ForwardBatch(
@@ -149,51 +205,127 @@ class Scheduler:
         return batch, [seq for seq, _ in scheduled]
 
     def _decoding(self) -> list[Sequence]:
-        return [s for s in self.running if s.num_uncached == 1 and s.num_cached > 0]
+        return [s for s in self._running.values() if s.num_uncached == 1 and s.num_cached > 0]
 
     def _prefilling(self) -> list[Sequence]:
-        return [s for s in self.running if s.num_uncached > 1 or s.num_cached == 0]
+        return [s for s in self._running.values() if s.num_uncached > 1 or s.num_cached == 0]
 
     def _pages_for(self, tokens: int) -> int:
         return -(-tokens // self.limits.page_size)
 
-    def _reserve(self, seq: Sequence, tokens: int, preempt: bool) -> bool:
-        needed = self._pages_for(seq.num_cached + tokens) - len(seq.pages)
-        while needed > self.pages.num_free:
-            if not preempt:
+    def _pages_still_needed(self, seq: Sequence) -> int:
+        """Pages `seq` is expected to still take: the rest of its prompt and its decode growth."""
+        expected = int(self.new_token_ratio * seq.remaining_tokens(self.limits.max_model_len))
+        return max(0, self._pages_for(len(seq.token_ids) + expected) - len(seq.pages))
+
+    def _reserved_decode_pages(self) -> int:
+        return sum(self._pages_still_needed(s) for s in self._running.values())
+
+    def _admit(self, seq: Sequence, budget: int, reserved: int) -> int:
+        """Start `seq` from its cached prefix and reserve its first chunk; 0 if it must wait."""
+        self._attach_prefix(seq)
+        if self._running and self._pages_still_needed(seq) > self._capacity() - reserved:
+            self._detach(seq)  # waiting sequences hold nothing
+            return 0
+        chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
+        if chunk == 0:
+            self._detach(seq)
+        return chunk
+
+    def _attach_prefix(self, seq: Sequence) -> None:
+        if self.radix is None:
+            return
+        # The last token is always computed: its logits give the next token.
+        max_pages = (len(seq.token_ids) - 1) // self.limits.page_size
+        nodes = self.radix.match(seq.token_ids, max_pages)
+        self.radix.lock(nodes)
+        seq.nodes = nodes
+        seq.pages = [node.page for node in nodes]
+        seq.num_cached = len(nodes) * self.limits.page_size
+        self.prefix_queried_tokens += len(seq.token_ids)
+        self.prefix_hit_tokens += seq.num_cached
+
+    def _take_pages(self, count: int) -> list[int]:
+        if count > self.pages.num_free and self.radix is not None:
+            self.radix.evict(count - self.pages.num_free)
+        return self.pages.allocate(count)
+
+    def _grow(self, seq: Sequence) -> bool:
+        """Room for one more token of `seq`, preempting others if needed; False if `seq` ended."""
+        needed = self._pages_for(seq.num_cached + 1) - len(seq.pages)
+        while needed > self._capacity():
+            victim = self._least_progress(besides=seq)
+            if victim is None:
+                # Alone, and the whole cache cannot hold one more token: it ends here.
+                seq.finish_reason = FinishReason.LENGTH
+                self._finish(seq)
+                self._finished_in_planning.append(StepOutput(seq.request_id, None, None, FinishReason.LENGTH))
                 return False
-            victim = self.running[-1]
             self._preempt(victim)
-            if victim is seq:
-                return False
         if needed > 0:
-            seq.pages.extend(self.pages.allocate(needed))
+            seq.pages.extend(self._take_pages(needed))
         return True
 
+    def _least_progress(self, besides: Sequence) -> Sequence | None:
+        others = [s for s in self._running.values() if s is not besides]
+        if not others:
+            return None
+        # Fewest generated tokens loses; among equals the latest arrival.
+        return min(others, key=lambda s: (s.num_generated, -s.arrival_time))
+
     def _reserve_chunk(self, seq: Sequence, wanted: int) -> int:
-        """The largest chunk <= wanted whose pages fit in what is free (0 if none)."""
+        """The largest chunk <= wanted whose pages fit in what can be handed out (0 if none)."""
         page_size = self.limits.page_size
-        room = (len(seq.pages) + self.pages.num_free) * page_size - seq.num_cached
+        room = (len(seq.pages) + self._capacity()) * page_size - seq.num_cached
         chunk = max(0, min(wanted, room))
-        if chunk:
-            self._reserve(seq, chunk, preempt=False)
+        needed = self._pages_for(seq.num_cached + chunk) - len(seq.pages)
+        if needed > 0:
+            seq.pages.extend(self._take_pages(needed))
         return chunk
 
     def _preempt(self, seq: Sequence) -> None:
-        # Recompute later: cheaper to implement than swapping, and rare when the cache is sized well.
-        self.running.remove(seq)
-        self.pages.release(seq.pages)
-        seq.pages = []
-        seq.num_cached = 0
+        # Recompute later: its computed full pages stay in the radix tree (until evicted), so
+        # resuming recomputes only what was lost.
+        del self._running[seq.request_id]
+        self._detach(seq)
         self.waiting.appendleft(seq)
         self._preempted_this_step = True
+        self.num_preemptions += 1
+        self.new_token_ratio = min(1.0, self.new_token_ratio + NEW_TOKEN_RATIO_ON_PREEMPTION)
+
+    def _detach(self, seq: Sequence) -> None:
+        """Give back what `seq` holds: unlock its tree pages, free its own."""
+        self.pages.release(seq.pages[len(seq.nodes) :])
+        if self.radix is not None:
+            self.radix.unlock(seq.nodes)
+        seq.pages = []
+        seq.nodes = []
+        seq.num_cached = 0
+
+    def _cache_full_pages(self, seq: Sequence) -> None:
+        """Put the pages `seq` has filled into the tree (shared from now on)."""
+        if self.radix is None:
+            return
+        page_size = self.limits.page_size
+        while (len(seq.nodes) + 1) * page_size <= seq.num_cached:
+            index = len(seq.nodes)
+            key = tuple(seq.token_ids[index * page_size : (index + 1) * page_size])
+            node, adopted = self.radix.insert(seq.nodes[-1] if seq.nodes else None, key, seq.pages[index])
+            if not adopted:  # computed twice: keep the tree's copy, free ours
+                self.pages.release([seq.pages[index]])
+                seq.pages[index] = node.page
+            self.radix.lock([node])
+            seq.nodes.append(node)
 
     # -- results ---------------------------------------------------------------------------
     def update(self, seqs: list[Sequence], batch: ForwardBatch, samples: list[SampleResult]) -> list[StepOutput]:
         outputs: list[StepOutput] = []
         sampled = iter(samples)
         for seq, query_len, wants_sample in zip(seqs, batch.query_lens, batch.sample):
+            if seq.finish_reason is not None:
+                continue  # aborted while its step ran
             seq.num_cached += query_len
+            self._cache_full_pages(seq)
             if not wants_sample:
                 continue
             result = next(sampled)
@@ -216,10 +348,8 @@ class Scheduler:
         return None
 
     def _finish(self, seq: Sequence) -> None:
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
-        self.pages.release(seq.pages)
-        seq.pages = []
+        if self._running.pop(seq.request_id, None) is None:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(seq)  # only an abort ends a waiting sequence (rare)
+        self._detach(seq)
         self._by_id.pop(seq.request_id, None)

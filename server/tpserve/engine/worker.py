@@ -154,6 +154,7 @@ class LeaderLoop:
                 max_prefill_length=config.max_prefill_length,
                 max_model_len=runner.max_model_len,
                 eos_token_ids=model.eos_token_ids,
+                radix_cache=not config.disable_radix_cache,
             )
         )
         outbox.put(EngineReady(runner.num_pages, config.page_size, runner.max_model_len, runner.max_running))
@@ -189,6 +190,7 @@ class LeaderLoop:
 
     def _step(self) -> None:
         planned = self.scheduler.schedule()
+        self._report(self.scheduler.take_finished_in_planning())
         if planned is None:
             return
         batch, seqs = planned
@@ -203,8 +205,8 @@ class LeaderLoop:
             self.outbox.put(
                 StepOutputs(
                     outputs,
-                    pages_used=self.scheduler.pages.num_used,
-                    running=len(self.scheduler.running),
+                    pages_used=self.scheduler.pages_in_use,
+                    running=self.scheduler.num_running,
                     waiting=len(self.scheduler.waiting),
                 )
             )

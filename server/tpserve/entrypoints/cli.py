@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     engine.add_argument("--max-total-tokens", type=_positive_int, help="cap on KV cache size in tokens")
     engine.add_argument(
+        "--disable-radix-cache",
+        action="store_true",
+        help="do not share the KV pages of common prompt prefixes between requests",
+    )
+    engine.add_argument(
         "--attn",
         default=None,
         type=_attention,
@@ -208,6 +213,7 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
         disable_cuda_graph=ns.disable_cuda_graph,
         disable_custom_all_reduce=ns.disable_custom_all_reduce,
         enable_p2p_check=ns.enable_p2p_check,
+        disable_radix_cache=ns.disable_radix_cache,
     )
 
 

@@ -152,7 +152,12 @@ class OpenAIServing:
             async for out in self.engine.generate(f"{request_id}-{choice.index}", choice.prompt_ids, choice.params):
                 now = time.monotonic()
                 if out.token_id is None:
-                    break
+                    if out.finish_reason is not None and out.finish_reason.value != "abort":
+                        # Ended without a new token: the KV cache cannot hold this sequence's next one.
+                        choice.finish_reason = out.finish_reason.value
+                        text, _ = choice.matcher.feed(choice.detokenizer.flush())
+                        yield ChoiceDelta(choice.index, text + choice.matcher.flush(), [], choice.finish_reason)
+                    return
                 if not choice.token_ids:
                     self.metrics.ttft.observe(now - started)
                 else:

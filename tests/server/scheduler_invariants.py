@@ -1,0 +1,48 @@
+"""What must hold of the scheduler's pages after every step, whatever happened before."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tpserve.engine.scheduler import Scheduler
+from tpserve.kvcache.radix_cache import RadixNode
+
+
+def tree_nodes(scheduler: Scheduler) -> list[RadixNode]:
+    assert scheduler.radix is not None
+    nodes, stack = [], list(scheduler.radix.root.children.values())
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.children.values())
+    return nodes
+
+
+def check_invariants(scheduler: Scheduler) -> None:
+    """Every page is exactly one of: free, in the tree, or a running sequence's own; refs add up."""
+    running = scheduler.running
+    owners: Counter[int] = Counter(scheduler.pages._free)
+    nodes = tree_nodes(scheduler) if scheduler.radix is not None else []
+    owners.update(node.page for node in nodes)
+    for seq in running:
+        owners.update(seq.pages[len(seq.nodes) :])
+        assert [n.page for n in seq.nodes] == seq.pages[: len(seq.nodes)], "locked nodes head the page table"
+        assert all(n.in_tree for n in seq.nodes), f"{seq.request_id} holds an evicted page"
+        assert len(seq.pages) * scheduler.limits.page_size >= seq.num_cached
+    doubled = [page for page, count in owners.items() if count > 1]
+    assert not doubled, f"pages owned twice: {doubled}"
+    assert sorted(owners) == list(range(scheduler.limits.num_pages)), "a page leaked"
+    for seq in scheduler.waiting:
+        assert not seq.pages and not seq.nodes, f"waiting {seq.request_id} holds pages"
+    if scheduler.radix is not None:
+        locks = Counter(id(n) for seq in running for n in seq.nodes)
+        for node in nodes:
+            assert node.refs == locks[id(node)], "a node's reference count is not its lockers"
+        assert scheduler.radix.num_evictable == sum(1 for n in nodes if n.refs == 0)
+
+
+def check_idle(scheduler: Scheduler) -> None:
+    """Nothing running: every reference count is zero and every page free or evictable."""
+    check_invariants(scheduler)
+    assert not scheduler.has_work
+    assert scheduler.pages_in_use == 0

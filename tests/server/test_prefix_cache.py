@@ -1,0 +1,243 @@
+"""The radix prefix cache: shared prefixes computed once, exact results, pages never lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tpserve import LLM, SamplingParams
+from tpserve.engine.sampling import SampleResult
+from tpserve.engine.scheduler import FinishReason, Scheduler, SchedulerLimits, Sequence
+
+from .reference import hf_greedy
+from .scheduler_invariants import check_idle, check_invariants
+
+EOS = 2
+
+
+def make_scheduler(num_pages: int = 32, page_size: int = 4, max_prefill: int = 64, max_running: int = 8) -> Scheduler:
+    return Scheduler(SchedulerLimits(page_size, num_pages, max_running, max_prefill, 256, (EOS,)))
+
+
+def request(request_id: str, prompt: list[int], max_tokens: int = 3) -> Sequence:
+    return Sequence(request_id, list(prompt), len(prompt), SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+
+def step(scheduler: Scheduler) -> list:
+    planned = scheduler.schedule()
+    ended = scheduler.take_finished_in_planning()
+    if planned is None:
+        return ended
+    batch, seqs = planned
+    return ended + scheduler.update(seqs, batch, [SampleResult(7, None) for wants in batch.sample if wants])
+
+
+def drain(scheduler: Scheduler, max_steps: int = 1000) -> None:
+    for _ in range(max_steps):
+        if not scheduler.has_work:
+            return
+        step(scheduler)
+        check_invariants(scheduler)
+    raise AssertionError("requests did not finish")
+
+
+PREFIX = list(range(100, 110))  # 10 tokens: two full pages of 4 and half a page
+
+
+def test_a_shared_prefix_is_computed_once() -> None:
+    scheduler = make_scheduler()
+    scheduler.add(request("first", [*PREFIX, 1, 2, 3]))
+    drain(scheduler)
+    second = request("second", [*PREFIX, 4, 5])
+    scheduler.add(second)
+    batch, _ = scheduler.schedule()  # type: ignore[misc]
+    # Two full pages (8 tokens) come from the cache; the rest of the prompt, mid-page, is computed.
+    assert second.num_cached == 8 and batch.query_lens == [4]
+    assert (scheduler.prefix_hit_tokens, scheduler.prefix_queried_tokens) == (8, 13 + 12)
+    scheduler.abort("second")
+    check_idle(scheduler)
+
+
+def test_the_last_prompt_token_is_always_computed() -> None:
+    scheduler = make_scheduler()
+    scheduler.add(request("first", PREFIX[:8]))
+    drain(scheduler)
+    again = request("again", PREFIX[:8])
+    scheduler.add(again)
+    batch, _ = scheduler.schedule()  # type: ignore[misc]
+    assert again.num_cached == 4 and batch.query_lens == [4], "one page short of the whole prompt"
+    assert batch.sample == [True]
+
+
+def test_requests_in_the_same_step_end_up_sharing_one_copy() -> None:
+    """n > 1: the choices of one prompt start together; their duplicate pages are merged as they fill."""
+    scheduler = make_scheduler()
+    choices = [request(f"choice-{i}", PREFIX) for i in range(3)]
+    for choice in choices:
+        scheduler.add(choice)
+    step(scheduler)
+    check_invariants(scheduler)
+    assert choices[0].pages[:2] == choices[1].pages[:2] == choices[2].pages[:2]
+    assert choices[0].pages[2] != choices[1].pages[2], "the partial last page stays private"
+    assert scheduler.pages_in_use == 2 + 3
+    drain(scheduler)
+    check_idle(scheduler)
+
+
+def test_eviction_takes_the_least_recently_used_prefix() -> None:
+    scheduler = make_scheduler(num_pages=6)
+    for name, first in (("old", 0), ("new", 50)):
+        scheduler.add(request(name, list(range(first, first + 9)), max_tokens=1))
+        drain(scheduler)
+    assert scheduler.radix is not None and scheduler.radix.num_evictable == 4
+    # Needs 4 pages, 2 are free: the two pages of "old" go, those of "new" stay.
+    scheduler.add(request("big", list(range(200, 215)), max_tokens=1))
+    step(scheduler)
+    check_invariants(scheduler)
+    reuse = request("new-again", list(range(50, 59)))
+    old_again = request("old-again", list(range(0, 9)))
+    drain(scheduler)
+    scheduler.add(reuse)
+    scheduler.add(old_again)
+    scheduler.schedule()
+    assert reuse.num_cached == 8 and old_again.num_cached == 0  # as admitted, before the step runs
+    drain(scheduler)
+    check_idle(scheduler)
+
+
+@pytest.mark.parametrize("steps_before_abort", [1, 3], ids=["mid-prefill", "mid-decode"])
+def test_abort_leaves_the_tree_consistent(steps_before_abort: int) -> None:
+    scheduler = make_scheduler(max_prefill=4)
+    scheduler.add(request("sibling", [*PREFIX, 9], max_tokens=8))
+    scheduler.add(request("victim", [*PREFIX, 8], max_tokens=8))
+    for _ in range(steps_before_abort):
+        step(scheduler)
+    out = scheduler.abort("victim")
+    assert out is not None and out.finish_reason == FinishReason.ABORT
+    check_invariants(scheduler)
+    drain(scheduler)
+    check_idle(scheduler)
+    later = request("later", [*PREFIX, 7])
+    scheduler.add(later)
+    scheduler.schedule()
+    assert later.num_cached == 8, "the pages computed before the abort still serve"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    num_pages=st.integers(4, 24),
+    page_size=st.sampled_from([1, 2, 4]),
+    max_prefill=st.integers(1, 24),
+    arrivals=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # which of four shared prefixes
+            st.integers(0, 12),  # prefix length used
+            st.integers(1, 6),  # own tail length
+            st.integers(1, 12),  # max_tokens
+            st.integers(0, 6),  # steps before the next arrival
+            st.booleans(),  # aborted two steps later
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_random_traffic_keeps_every_invariant_and_finishes(
+    num_pages: int, page_size: int, max_prefill: int, arrivals: list[tuple[int, int, int, int, int, bool]]
+) -> None:
+    scheduler = Scheduler(SchedulerLimits(page_size, num_pages, 4, max_prefill, 40, (EOS,)))
+    prefixes = [list(range(1000 * k, 1000 * k + 12)) for k in range(4)]
+    finished: set[str] = set()
+    aborts: list[tuple[int, str]] = []
+    clock = 0
+    capacity_tokens = num_pages * page_size
+
+    def advance() -> None:
+        nonlocal clock
+        for out in step(scheduler):
+            if out.finish_reason is not None:
+                finished.add(out.request_id)
+        clock += 1
+        for due, rid in [a for a in aborts if a[0] <= clock]:
+            aborts.remove((due, rid))
+            if scheduler.abort(rid) is not None:
+                finished.add(rid)
+        check_invariants(scheduler)
+
+    added = []
+    for i, (which, shared, tail, max_tokens, gap, abort) in enumerate(arrivals):
+        prompt = prefixes[which][:shared] + list(range(500 + 10 * i, 500 + 10 * i + tail))
+        if len(prompt) + 1 > capacity_tokens or len(prompt) >= 40:
+            continue  # refused at admission (tested elsewhere)
+        rid = f"r{i}"
+        scheduler.add(request(rid, prompt, max_tokens=max_tokens))
+        added.append(rid)
+        if abort:
+            aborts.append((clock + 2, rid))
+        for _ in range(gap):
+            if scheduler.has_work:
+                advance()
+    for _ in range(2000):
+        if not scheduler.has_work:
+            break
+        advance()
+    assert set(added) <= finished, "every request finishes (or is aborted)"
+    check_idle(scheduler)
+
+
+# -- the engine: greedy outputs equal with the cache on and off, and equal transformers --------
+
+SYSTEM = list(range(40, 80))  # a 40-token "system prompt": five pages of 8
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["radix", "no-radix"])
+def engine(request: pytest.FixtureRequest, tiny_checkpoint) -> Iterator[tuple[LLM, Path]]:
+    path = tiny_checkpoint("llama")
+    with LLM(str(path), tp=2, page_size=8, max_prefill_length=16, disable_radix_cache=request.param) as llm:
+        yield llm, path
+
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+
+def test_many_requests_sharing_a_system_prompt(engine: tuple[LLM, Path]) -> None:
+    llm, path = engine
+    prompts = [[*SYSTEM, 200 + i, 7, 9 + i] for i in range(6)]
+    first = llm.generate(prompts[:1], GREEDY)  # the prefix is cached before the others arrive
+    rest = llm.generate(prompts[1:], GREEDY)
+    for prompt, out in zip(prompts, first + rest):
+        assert out.token_ids == hf_greedy(path, prompt, 8)
+    assert llm.pages_used == 0
+
+
+def test_multi_turn_conversation_extends_the_cached_turns(engine: tuple[LLM, Path]) -> None:
+    llm, path = engine
+    conversation = [*SYSTEM[:12], 300, 301]
+    for turn in range(3):
+        [answer] = llm.generate([conversation], GREEDY)
+        assert answer.token_ids == hf_greedy(path, conversation, 8), f"turn {turn}"
+        conversation = [*conversation, *answer.token_ids, 310 + turn, 320 + turn]
+    assert llm.pages_used == 0
+
+
+def test_prefixes_that_end_mid_page(engine: tuple[LLM, Path]) -> None:
+    llm, path = engine
+    shared = SYSTEM[:13]  # one full page of 8 and 5 tokens of the next
+    prompts = [[*shared, 250 + i] for i in range(3)]
+    outputs = [llm.generate([p], GREEDY)[0] for p in prompts]
+    for prompt, out in zip(prompts, outputs):
+        assert out.token_ids == hf_greedy(path, prompt, 8)
+    assert llm.pages_used == 0
+
+
+def test_a_small_cache_evicts_and_stays_exact(tiny_checkpoint) -> None:
+    path = tiny_checkpoint("qwen2")
+    prompts = [[*SYSTEM[: 16 + 4 * (i % 3)], 260 + i] for i in range(8)]
+    with LLM(str(path), tp=1, page_size=8, max_total_tokens=96) as llm:
+        outputs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+        assert llm.pages_used == 0
+    for prompt, out in zip(prompts, outputs):
+        assert out.token_ids == hf_greedy(path, prompt, 12)
