@@ -250,6 +250,23 @@ def test_health_generate_and_metrics(server: ServerProcess) -> None:
     assert "tpserve_inter_token_latency_seconds_bucket" in text
 
 
+def test_prefix_cache_metrics_count_a_shared_prompt(server: ServerProcess, client: openai.OpenAI) -> None:
+    hits, queries = (
+        metric(server, "tpserve_prefix_cache_hit_tokens_total"),
+        metric(server, "tpserve_prefix_cache_queries_total"),
+    )
+    prompt = list(range(100, 164))  # four full pages of 16
+    for tail in (7, 8):
+        client.completions.create(model="tiny", prompt=[*prompt, tail], max_tokens=2, **greedy())
+    # The second request found the first's 64 prompt tokens cached.
+    assert metric(server, "tpserve_prefix_cache_hit_tokens_total") - hits >= 64
+    assert metric(server, "tpserve_prefix_cache_queries_total") - queries >= 2 * 65
+    assert 0 < metric(server, "tpserve_kv_cache_usage_perc") <= 1, "cached pages count as used"
+    assert metric(server, "tpserve_kv_cache_pages_used") == 0, "but no request holds them"
+    assert metric(server, "tpserve_num_preemptions_total") >= 0
+    assert metric(server, "tpserve_prefix_cache_evicted_pages_total") >= 0
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_api_key_is_required(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):

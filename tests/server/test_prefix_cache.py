@@ -127,6 +127,39 @@ def test_abort_leaves_the_tree_consistent(steps_before_abort: int) -> None:
     assert later.num_cached == 8, "the pages computed before the abort still serve"
 
 
+@pytest.mark.parametrize(("policy", "expected"), [("lpm", ["shares-1", "shares-2"]), ("fcfs", ["other-0", "other-1"])])
+def test_longest_cached_prefix_goes_first_under_lpm(policy: str, expected: list[str]) -> None:
+    scheduler = Scheduler(SchedulerLimits(4, 64, 1, 64, 256, (EOS,), schedule_policy=policy))
+    scheduler.add(request("warm", [*PREFIX, 1]))
+    drain(scheduler)
+    for i in range(3):
+        scheduler.add(request(f"other-{i}", [50 + i, 51, 52]))
+    for i in (1, 2):
+        scheduler.add(request(f"shares-{i}", [*PREFIX, i]))
+    order = []
+    while scheduler.has_work:
+        for out in step(scheduler):
+            if out.finish_reason is not None:
+                order.append(out.request_id)
+    assert order[:2] == expected
+    check_idle(scheduler)
+
+
+def test_an_overdue_request_is_not_passed_over() -> None:
+    scheduler = Scheduler(SchedulerLimits(4, 64, 1, 64, 256, (EOS,), max_queue_age_s=5.0))
+    scheduler.add(request("warm", [*PREFIX, 1]))
+    drain(scheduler)
+    for i in range(4):
+        scheduler.add(request(f"shares-{i}", [*PREFIX, i]))
+    overdue = request("overdue", [60, 61, 62])  # queued last, nothing cached, but waiting a minute
+    overdue.arrival_time -= 60.0
+    scheduler.add(overdue)
+    first = []
+    while scheduler.has_work and not first:
+        first = [out.request_id for out in step(scheduler) if out.finish_reason is not None]
+    assert first == ["overdue"]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     num_pages=st.integers(4, 24),

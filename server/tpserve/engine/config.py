@@ -15,6 +15,7 @@ from ..attention import check_backend
 from ..core.errors import ConfigError
 from ..models.checkpoint import Checkpoint
 from ..models.config import ModelConfig, ShardLayout, resolve_dtype
+from .scheduler import SCHEDULE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class EngineConfig:
     disable_custom_all_reduce: bool = False
     enable_p2p_check: bool = False
     disable_radix_cache: bool = False
+    schedule_policy: str = "lpm"  # waiting-queue order: lpm (longest cached prefix first) or fcfs
 
     @property
     def use_cuda_graph(self) -> bool:
@@ -85,6 +87,10 @@ class EngineConfig:
         resolve_dtype(self.dtype, model, self.device)
         if self.load_format != "dummy":
             checkpoint.check_weights(model)
+        if self.schedule_policy not in SCHEDULE_POLICIES:
+            raise ConfigError(
+                f"--schedule-policy {self.schedule_policy!r}: expected one of {', '.join(SCHEDULE_POLICIES)}"
+            )
         if self.cuda_graph_max_bs < 1:
             raise ConfigError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.context_length is not None and self.context_length < 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .sampling import SamplingParams
-from .scheduler import StepOutput
+from .scheduler import CacheStats, StepOutput
 
 
 # Front end -> rank 0 ------------------------------------------------------------------------
@@ -58,9 +58,13 @@ class RequestRejected:
 @dataclass(frozen=True)
 class StepOutputs:
     outputs: list[StepOutput]
-    pages_used: int
+    cache: CacheStats
     running: int
     waiting: int
+
+    @property
+    def pages_used(self) -> int:
+        return self.cache.pages_in_use
 
 
 # Rank 0 -> other ranks, over the control group ------------------------------------------------

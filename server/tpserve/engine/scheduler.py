@@ -72,6 +72,18 @@ class StepOutput:
 
 
 @dataclass(frozen=True)
+class CacheStats:
+    """The KV cache as the metrics report it; the totals count since the engine started."""
+
+    pages_in_use: int = 0  # held by unfinished requests
+    pages_cached: int = 0  # in the prefix tree, held by nobody (evictable)
+    prefix_hit_tokens: int = 0
+    prefix_queried_tokens: int = 0
+    preemptions: int = 0
+    evicted_pages: int = 0
+
+
+@dataclass(frozen=True)
 class SchedulerLimits:
     page_size: int
     num_pages: int
@@ -80,6 +92,14 @@ class SchedulerLimits:
     max_model_len: int
     eos_token_ids: tuple[int, ...]
     radix_cache: bool = True
+    schedule_policy: str = "lpm"  # or "fcfs"
+    max_queue_age_s: float = 10.0  # under lpm, a request waiting longer goes first
+
+
+SCHEDULE_POLICIES = ("lpm", "fcfs")
+# Below this many waiting requests the queue is served in arrival order: with a short queue the
+# order barely changes what is cached, and matching every waiting prompt each step is not free.
+LPM_MIN_WAITING = 4
 
 
 # The share of its remaining max_tokens a running sequence is expected to still generate, as
@@ -117,6 +137,16 @@ class Scheduler:
     def pages_in_use(self) -> int:
         """Pages held by unfinished sequences (cached pages nobody holds are free to evict)."""
         return self.pages.num_used - self._evictable()
+
+    def cache_stats(self) -> CacheStats:
+        return CacheStats(
+            pages_in_use=self.pages_in_use,
+            pages_cached=self._evictable(),
+            prefix_hit_tokens=self.prefix_hit_tokens,
+            prefix_queried_tokens=self.prefix_queried_tokens,
+            preemptions=self.num_preemptions,
+            evicted_pages=self.radix.num_evicted if self.radix is not None else 0,
+        )
 
     def _evictable(self) -> int:
         return self.radix.num_evictable if self.radix is not None else 0
@@ -181,6 +211,8 @@ class Scheduler:
                 budget -= chunk
         # After a preemption the cache is short: admitting now would only thrash.
         reserved = self._reserved_decode_pages() if self.waiting else 0
+        if budget and self.waiting and not self._preempted_this_step:
+            self._order_waiting()
         while (
             budget and self.waiting and len(self._running) < self.limits.max_running and not self._preempted_this_step
         ):
@@ -203,6 +235,22 @@ class Scheduler:
             sample=[seq.num_cached + n == len(seq.token_ids) for seq, n in scheduled],
         )
         return batch, [seq for seq, _ in scheduled]
+
+    def _order_waiting(self) -> None:
+        """Longest cached prefix first (SGLang's lpm), except overdue and preempted requests."""
+        radix = self.radix
+        if radix is None or self.limits.schedule_policy != "lpm" or len(self.waiting) < LPM_MIN_WAITING:
+            return
+        now = time.monotonic()
+        page_size = self.limits.page_size
+
+        def priority(seq: Sequence) -> tuple[bool, int, float]:
+            # Preempted requests (they have generated tokens) resume first, as in arrival order.
+            first = seq.num_generated > 0 or now - seq.arrival_time > self.limits.max_queue_age_s
+            cached = len(radix.match(seq.token_ids, (len(seq.token_ids) - 1) // page_size, touch=False))
+            return (not first, -cached, seq.arrival_time)
+
+        self.waiting = deque(sorted(self.waiting, key=priority))
 
     def _decoding(self) -> list[Sequence]:
         return [s for s in self._running.values() if s.num_uncached == 1 and s.num_cached > 0]

@@ -155,6 +155,7 @@ class LeaderLoop:
                 max_model_len=runner.max_model_len,
                 eos_token_ids=model.eos_token_ids,
                 radix_cache=not config.disable_radix_cache,
+                schedule_policy=config.schedule_policy,
             )
         )
         outbox.put(EngineReady(runner.num_pages, config.page_size, runner.max_model_len, runner.max_running))
@@ -205,7 +206,7 @@ class LeaderLoop:
             self.outbox.put(
                 StepOutputs(
                     outputs,
-                    pages_used=self.scheduler.pages_in_use,
+                    cache=self.scheduler.cache_stats(),
                     running=self.scheduler.num_running,
                     waiting=len(self.scheduler.waiting),
                 )

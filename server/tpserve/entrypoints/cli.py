@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not share the KV pages of common prompt prefixes between requests",
     )
     engine.add_argument(
+        "--schedule-policy",
+        default="lpm",
+        choices=["lpm", "fcfs"],
+        help="waiting-queue order: lpm serves the longest cached prefix first (once the queue is long), "
+        "fcfs arrival order",
+    )
+    engine.add_argument(
         "--attn",
         default=None,
         type=_attention,
@@ -214,6 +221,7 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
         disable_custom_all_reduce=ns.disable_custom_all_reduce,
         enable_p2p_check=ns.enable_p2p_check,
         disable_radix_cache=ns.disable_radix_cache,
+        schedule_policy=ns.schedule_policy,
     )
 
 

@@ -12,19 +12,19 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..engine.launcher import LocalRanks
 from ..engine.messages import AbortRequest, AddRequest, EngineReady, RankFailed, RequestRejected, StepOutputs
 from ..engine.sampling import SamplingParams
-from ..engine.scheduler import RequestError, StepOutput
+from ..engine.scheduler import CacheStats, RequestError, StepOutput
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EngineLoad:
-    pages_used: int = 0
+    cache: CacheStats = field(default_factory=CacheStats)
     running: int = 0
     waiting: int = 0
 
@@ -96,7 +96,7 @@ class AsyncEngine:
             if stream is not None:
                 stream.put_nowait(message)
             return
-        self.load = EngineLoad(message.pages_used, message.running, message.waiting)
+        self.load = EngineLoad(message.cache, message.running, message.waiting)
         for output in message.outputs:
             stream = self._streams.get(output.request_id)
             if stream is not None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..engine.scheduler import CacheStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5, 10, 20, 40)
 
@@ -31,6 +37,46 @@ class ServerMetrics:
             "tpserve_ranks_ready", "Ranks of the group that are ready and heartbeating", registry=r
         )
         self.ranks_total = Gauge("tpserve_ranks_total", "Ranks in the group (tensor-parallel size)", registry=r)
+        self.kv_usage = Gauge(
+            "tpserve_kv_cache_usage_perc",
+            "Share of KV pages in use, cached-but-evictable prefix pages counted as used (0-1)",
+            registry=r,
+        )
+        self.engine_totals = EngineTotals()
+        r.register(self.engine_totals)
+
+        self._num_pages = 0
+
+    def set_num_pages(self, num_pages: int) -> None:
+        self._num_pages = num_pages
+        self.kv_pages_total.set(num_pages)
+
+    def observe_cache(self, cache: CacheStats) -> None:
+        self.kv_pages_used.set(cache.pages_in_use)
+        used = cache.pages_in_use + cache.pages_cached
+        self.kv_usage.set(used / self._num_pages if self._num_pages else 0.0)
+        self.engine_totals.latest = cache
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class EngineTotals(Collector):
+    """Counters rank 0 keeps the totals of, exported as last reported (a restart starts them at 0)."""
+
+    def __init__(self) -> None:
+        self.latest = CacheStats()
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.latest
+        for name, documentation, value in (
+            ("tpserve_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache", stats.prefix_hit_tokens),
+            (
+                "tpserve_prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache",
+                stats.prefix_queried_tokens,
+            ),
+            ("tpserve_num_preemptions", "Requests preempted to make room for others", stats.preemptions),
+            ("tpserve_prefix_cache_evicted_pages", "Cached KV pages evicted", stats.evicted_pages),
+        ):
+            yield CounterMetricFamily(name, documentation, value=value)

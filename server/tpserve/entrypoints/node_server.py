@@ -137,7 +137,7 @@ class NodeServer:
                 return
             await asyncio.sleep(0.1)
         self.monitor.engine_ready = True
-        self.metrics.kv_pages_total.set(self.engine.info.num_pages)
+        self.metrics.set_num_pages(self.engine.info.num_pages)
         serving = OpenAIServing(
             self.engine, tokenizer, self.args.served_model_name, self.args.model.vocab_size, self.metrics
         )
@@ -169,7 +169,7 @@ class NodeServer:
             load = self.engine.load
             self.metrics.running.set(load.running)
             self.metrics.waiting.set(load.waiting)
-            self.metrics.kv_pages_used.set(load.pages_used)
+            self.metrics.observe_cache(load.cache)
 
     async def _watch(self) -> None:
         """Poll group health; once the group has failed, report it briefly, then exit non-zero."""

@@ -36,22 +36,27 @@ class RadixCache:
         self.root = RadixNode((), -1, None, refs=1)  # never evicted
         self.num_nodes = 0
         self.num_evictable = 0  # cached pages no running sequence locks
+        self.num_evicted = 0  # pages evicted since start
         self._clock = itertools.count(1)
         self._lru: list[tuple[int, int, RadixNode]] = []  # (last_used, tiebreak, leaf) candidates
         self._tiebreak = itertools.count()
 
-    def match(self, tokens: Sequence[int], max_pages: int) -> list[RadixNode]:
-        """The longest cached path of full pages that `tokens` starts with (at most `max_pages`)."""
+    def match(self, tokens: Sequence[int], max_pages: int, touch: bool = True) -> list[RadixNode]:
+        """The longest cached path of full pages that `tokens` starts with (at most `max_pages`).
+
+        `touch` marks the path as just used (for eviction order); a mere look for scheduling does not.
+        """
         path: list[RadixNode] = []
         node = self.root
-        now = next(self._clock)
+        now = next(self._clock) if touch else 0
         ps = self.page_size
         while len(path) < max_pages:
             start = len(path) * ps
             child = node.children.get(tuple(tokens[start : start + ps]))
             if child is None:
                 break
-            child.last_used = now
+            if touch:
+                child.last_used = now
             path.append(child)
             node = child
         return path
@@ -104,6 +109,7 @@ class RadixCache:
             freed.append(node.page)
             self._maybe_evictable_leaf(parent)
         self.allocator.release(freed)
+        self.num_evicted += len(freed)
         return len(freed)
 
     def _maybe_evictable_leaf(self, node: RadixNode) -> None:
