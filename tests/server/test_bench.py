@@ -117,3 +117,27 @@ def test_online_bench_runs_a_group_as_two_nodes_with_the_same_greedy_output(tmp_
     assert (two["tp"], two["nnodes"]) == (2, 2) and two["levels"][0]["requests"] == 2
     assert len(one["greedy"]) == 2 and all(one["greedy"])
     assert two["greedy"] == one["greedy"]
+
+
+def test_prefix_bench_computes_fewer_prompt_tokens_with_the_cache(tmp_path: Path) -> None:
+    command = [sys.executable, str(REPO / "bench" / "prefix.py"), "--prompts", "2", "--questions", "3"]
+    command += ["--system-len", "32", "--conversations", "2", "--turns", "2"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {tuple(line.split()[:2]): line.split() for line in proc.stdout.splitlines()[1:] if line.strip()}
+    for workload in ("system", "chat"):
+        on, off = rows[(workload, "on")], rows[(workload, "off")]
+        assert on[3] == off[3], "the same prompts either way"
+        assert int(on[4]) < int(off[4]) == int(off[3]), "the cache saves prompt computation"
+
+
+def test_scheduler_bench_prints_a_row_per_size() -> None:
+    command = [sys.executable, str(REPO / "bench" / "scheduler.py"), "--running", "4,16", "--steps", "3"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split()[:2] for line in proc.stdout.splitlines()[1:]] == [
+        ["4", "on"],
+        ["4", "off"],
+        ["16", "on"],
+        ["16", "off"],
+    ]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from tpserve import LLM, ConfigError, EngineConfig, SamplingParams
+from tpserve import LLM, ConfigError, EngineConfig, EngineError, SamplingParams
 from tpserve.distributed.group import TPGroup
 from tpserve.models.config import ModelConfig
 from tpserve.models.decoder import DecoderModel
@@ -103,3 +103,33 @@ def test_prefill_decode_backend_pair_matches_transformers(tiny_checkpoint) -> No
     with LLM(str(path), tp=1, attention_backend="torch,torch", max_prefill_length=8) as llm:
         out = llm.generate([prompt], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))[0]
     assert out.token_ids == hf_greedy(path, prompt, 10)
+
+
+def test_tp_not_dividing_the_intermediate_size_is_refused(tiny_checkpoint, tmp_path: Path) -> None:
+    model_dir = tmp_path / "odd-mlp"
+    shutil.copytree(tiny_checkpoint("llama"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["intermediate_size"] = 130  # not divisible by 4: a silent wrong slice otherwise
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="--tp 4 does not divide the model's intermediate size 130"):
+        EngineConfig(model_path=str(model_dir), tp=4).validate()
+
+
+def test_quantized_checkpoints_are_refused_by_method(tiny_checkpoint, tmp_path: Path) -> None:
+    model_dir = tmp_path / "fp8"
+    shutil.copytree(tiny_checkpoint("llama"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="fp8 quantized checkpoints are not supported"):
+        EngineConfig(model_path=str(model_dir)).validate()
+
+
+def test_a_checkpoint_tensor_no_parameter_uses_is_named(tiny_checkpoint, tmp_path: Path) -> None:
+    model_dir = tmp_path / "extra"
+    shutil.copytree(tiny_checkpoint("qwen2"), model_dir)
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    tensors["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(64)  # a bias Qwen2 does not have
+    save_file(tensors, str(model_dir / "model.safetensors"))
+    with pytest.raises(EngineError, match=r"model\.layers\.0\.self_attn\.o_proj\.bias are not used"):
+        LLM(str(model_dir))

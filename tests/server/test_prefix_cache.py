@@ -127,6 +127,23 @@ def test_abort_leaves_the_tree_consistent(steps_before_abort: int) -> None:
     assert later.num_cached == 8, "the pages computed before the abort still serve"
 
 
+def test_a_waiting_request_is_counted_once_when_admitted() -> None:
+    scheduler = make_scheduler(num_pages=12)
+    scheduler.add(request("warm", [*PREFIX, 1]))
+    drain(scheduler)
+    scheduler.add(request("long", list(range(300, 332)), max_tokens=12))
+    scheduler.add(request("waits", [*PREFIX, 2]))
+    step(scheduler)
+    queried = scheduler.prefix_queried_tokens
+    for _ in range(4):  # "long" is expected to need the rest of the cache: "waits" waits
+        step(scheduler)
+        assert [s.request_id for s in scheduler.waiting] == ["waits"]
+        assert scheduler.prefix_queried_tokens == queried
+    drain(scheduler)
+    assert scheduler.prefix_queried_tokens == queried + 11, "looked up once, when admitted"
+    check_idle(scheduler)
+
+
 @pytest.mark.parametrize(("policy", "expected"), [("lpm", ["shares-1", "shares-2"]), ("fcfs", ["other-0", "other-1"])])
 def test_longest_cached_prefix_goes_first_under_lpm(policy: str, expected: list[str]) -> None:
     scheduler = Scheduler(SchedulerLimits(4, 64, 1, 64, 256, (EOS,), schedule_policy=policy))
@@ -274,3 +291,19 @@ def test_a_small_cache_evicts_and_stays_exact(tiny_checkpoint) -> None:
         assert llm.pages_used == 0
     for prompt, out in zip(prompts, outputs):
         assert out.token_ids == hf_greedy(path, prompt, 12)
+
+
+def test_over_long_requests_under_a_tiny_cache_all_finish(tiny_checkpoint) -> None:
+    """The livelock case end to end: a context beyond the cache is clamped, and four requests that
+    each want more tokens than the whole cache holds all finish, one after another, with length."""
+    path = tiny_checkpoint("llama")
+    prompts = [list(range(20 + i, 30 + i)) for i in range(4)]
+    with LLM(str(path), tp=1, page_size=8, max_total_tokens=64, context_length=200) as llm:
+        outputs = llm.generate(prompts, SamplingParams(max_tokens=150, temperature=0, ignore_eos=True))
+        [after] = llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        assert llm.pages_used == 0
+    for prompt, out in zip(prompts, outputs):
+        assert out.finish_reason == "length"
+        assert len(prompt) + len(out.token_ids) == 64, "each grew until the whole cache was its own"
+        assert out.token_ids == hf_greedy(path, prompt, 64 - len(prompt))
+    assert len(after.token_ids) == 4

@@ -13,7 +13,7 @@ from .config import EngineConfig
 from .launcher import EngineError, LocalRanks, with_rendezvous_port
 from .messages import AddRequest, RequestRejected, StepOutputs
 from .sampling import SamplingParams, TokenLogprobs
-from .scheduler import RequestError
+from .scheduler import CacheStats, RequestError
 
 
 @dataclass
@@ -44,7 +44,7 @@ class LLM:
             raise
         assert info is not None
         self.engine_info = info
-        self.pages_used = 0
+        self.cache = CacheStats()  # the KV cache as of the last step the engine reported
         self._requests: dict[str, Completion] = {}
         self._rejected: dict[str, str] = {}
 
@@ -74,6 +74,11 @@ class LLM:
             self.ranks.inbox.put(AddRequest(request_id, prompt_ids, p))
             ids.append(request_id)
         return ids
+
+    @property
+    def pages_used(self) -> int:
+        """KV pages unfinished requests hold (cached prefix pages nobody holds do not count)."""
+        return self.cache.pages_in_use
 
     def progress(self, request_id: str) -> Completion:
         """The request's completion so far (tokens arrive as `wait`/`poll` process outputs)."""
@@ -115,7 +120,7 @@ class LLM:
         if isinstance(message, RequestRejected):
             self._rejected[message.request_id] = message.message
         elif isinstance(message, StepOutputs):
-            self.pages_used = message.pages_used
+            self.cache = message.cache
             for out in message.outputs:
                 completion = self._requests.get(out.request_id)
                 if completion is None:

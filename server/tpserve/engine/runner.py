@@ -96,10 +96,35 @@ class ModelRunner:
             cache_shape.page_size,
             time.monotonic() - started,
         )
+        self._clamp_context_to_cache(cache_shape.total_tokens)
+        if group.is_leader:
+            weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            log.info(
+                "weights %.2f GiB per rank; KV cache %d pages, %d tokens; %d requests at the full context of %d",
+                weight_bytes / 2**30,
+                cache_shape.num_pages,
+                cache_shape.total_tokens,
+                cache_shape.total_tokens // self.max_model_len,
+                self.max_model_len,
+            )
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
             report_phase(Phase.CAPTURING_CUDA_GRAPHS)
             self.graphs = self._capture_graphs(graph_max_bs, graph_reserve)
+
+    def _clamp_context_to_cache(self, cache_tokens: int) -> None:
+        """One request must fit the whole cache: a longer context could never be served."""
+        if self.max_model_len <= cache_tokens:
+            return
+        if self.group.is_leader:
+            log.warning(
+                "context length %d is more than the KV cache holds (%d tokens): clamped to %d "
+                "(raise --mem-fraction-static or --max-total-tokens, or lower --context-length)",
+                self.max_model_len,
+                cache_tokens,
+                cache_tokens,
+            )
+        self.max_model_len = cache_tokens
 
     def _cache_shape(self, layout: ShardLayout, num_pages: int) -> KVCacheShape:
         return KVCacheShape(

@@ -261,32 +261,40 @@ class Scheduler:
     def _pages_for(self, tokens: int) -> int:
         return -(-tokens // self.limits.page_size)
 
-    def _pages_still_needed(self, seq: Sequence) -> int:
-        """Pages `seq` is expected to still take: the rest of its prompt and its decode growth."""
+    def _pages_still_needed(self, seq: Sequence, held: int | None = None) -> int:
+        """Pages `seq` is expected to still take beyond the `held` it has (default: its own)."""
         expected = int(self.new_token_ratio * seq.remaining_tokens(self.limits.max_model_len))
-        return max(0, self._pages_for(len(seq.token_ids) + expected) - len(seq.pages))
+        return max(0, self._pages_for(len(seq.token_ids) + expected) - (len(seq.pages) if held is None else held))
 
     def _reserved_decode_pages(self) -> int:
         return sum(self._pages_still_needed(s) for s in self._running.values())
 
     def _admit(self, seq: Sequence, budget: int, reserved: int) -> int:
-        """Start `seq` from its cached prefix and reserve its first chunk; 0 if it must wait."""
-        self._attach_prefix(seq)
-        if self._running and self._pages_still_needed(seq) > self._capacity() - reserved:
-            self._detach(seq)  # waiting sequences hold nothing
-            return 0
-        chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
-        if chunk == 0:
-            self._detach(seq)
-        return chunk
+        """Start `seq` from its cached prefix and reserve its first chunk; 0 if it must wait.
 
-    def _attach_prefix(self, seq: Sequence) -> None:
+        Decided before anything is locked, so a request that keeps waiting costs no tree updates.
+        """
+        cached = self._cached_prefix(seq, touch=False)
+        # Locking the cached pages takes those nobody holds out of what can be handed out.
+        capacity = self._capacity() - sum(1 for node in cached if node.refs == 0)
+        if self._running and self._pages_still_needed(seq, held=len(cached)) > capacity - reserved:
+            return 0
+        if capacity <= 0:
+            return 0  # not one page to compute into
+        self._attach_prefix(seq)
+        return self._reserve_chunk(seq, min(seq.num_uncached, budget))
+
+    def _cached_prefix(self, seq: Sequence, touch: bool) -> list[RadixNode]:
         if self.radix is None:
-            return
+            return []
         # The last token is always computed: its logits give the next token.
         max_pages = (len(seq.token_ids) - 1) // self.limits.page_size
-        nodes = self.radix.match(seq.token_ids, max_pages)
-        self.radix.lock(nodes)
+        return self.radix.match(seq.token_ids, max_pages, touch=touch)
+
+    def _attach_prefix(self, seq: Sequence) -> None:
+        nodes = self._cached_prefix(seq, touch=True)
+        if self.radix is not None:
+            self.radix.lock(nodes)
         seq.nodes = nodes
         seq.pages = [node.page for node in nodes]
         seq.num_cached = len(nodes) * self.limits.page_size

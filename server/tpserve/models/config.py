@@ -73,6 +73,13 @@ class ModelConfig:
         if not architectures:
             raise ConfigError(f"{source}: 'architectures' is missing; cannot tell which model this is")
         architecture = architectures[0]
+        quantization = raw.get("quantization_config")
+        if quantization:
+            method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else quantization
+            raise ConfigError(
+                f"{source}: {method} quantized checkpoints are not supported yet (quantization_config); "
+                "serve the unquantized checkpoint, or a GGUF file"
+            )
         if architecture not in MODEL_FAMILIES:
             supported = ", ".join(sorted(MODEL_FAMILIES))
             raise ConfigError(f"{source}: unsupported architecture {architecture!r} (supported: {supported})")
@@ -138,6 +145,8 @@ class ShardLayout:
             raise ConfigError(f"--tp must be >= 1, got {tp}")
         if config.num_heads % tp:
             raise ConfigError(f"--tp {tp} does not divide the model's {config.num_heads} attention heads")
+        if config.intermediate_size % tp:
+            raise ConfigError(f"--tp {tp} does not divide the model's intermediate size {config.intermediate_size}")
         if config.num_kv_heads >= tp:
             if config.num_kv_heads % tp:
                 raise ConfigError(f"--tp {tp} does not divide the model's {config.num_kv_heads} key/value heads")

@@ -40,12 +40,28 @@ def checkpoint_files(model_dir: Path) -> dict[str, Path]:
     return names
 
 
+# Tensors a checkpoint may carry that no parameter needs: rotary tables older exports saved, and
+# the LM head a tied checkpoint stores anyway (it is the embedding).
+IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
+TIED_HEAD = "lm_head.weight"
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def load_safetensors(specs: list[WeightSpec], model_dir: Path, progress: ProgressCallback | None = None) -> None:
     where = checkpoint_files(model_dir)
-    missing = [spec.name for spec in specs if spec.name not in where]
+    wanted = {spec.name for spec in specs}
+    missing = sorted(wanted - set(where))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ConfigError(f"--model {model_dir}: checkpoint lacks tensors {shown}")
+        raise ConfigError(f"--model {model_dir}: checkpoint lacks tensors {_shown(missing)}")
+    unused = sorted(name for name in set(where) - wanted if not name.endswith(IGNORABLE_SUFFIXES) and name != TIED_HEAD)
+    if unused:
+        raise ConfigError(
+            f"--model {model_dir}: checkpoint tensors {_shown(unused)} are not used by the model "
+            "(a feature of the architecture tpserve does not implement?)"
+        )
     by_file: dict[Path, list[WeightSpec]] = {}
     for spec in specs:
         by_file.setdefault(where[spec.name], []).append(spec)
