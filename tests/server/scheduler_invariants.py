@@ -34,6 +34,7 @@ def check_invariants(scheduler: Scheduler) -> None:
     assert sorted(owners) == list(range(scheduler.limits.num_pages)), "a page leaked"
     for seq in scheduler.waiting:
         assert not seq.pages and not seq.nodes, f"waiting {seq.request_id} holds pages"
+        assert seq.num_cached == 0, f"waiting {seq.request_id} claims cached tokens"
     if scheduler.radix is not None:
         locks = Counter(id(n) for seq in running for n in seq.nodes)
         for node in nodes:

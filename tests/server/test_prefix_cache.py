@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tpserve import LLM, SamplingParams
+from tpserve.engine import scheduler as scheduler_module
 from tpserve.engine.sampling import SampleResult
 from tpserve.engine.scheduler import FinishReason, Scheduler, SchedulerLimits, Sequence
 
@@ -177,7 +178,7 @@ def test_an_overdue_request_is_not_passed_over() -> None:
     assert first == ["overdue"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     num_pages=st.integers(4, 24),
     page_size=st.sampled_from([1, 2, 4]),
@@ -194,11 +195,34 @@ def test_an_overdue_request_is_not_passed_over() -> None:
         min_size=1,
         max_size=12,
     ),
+    optimistic=st.booleans(),
 )
 def test_random_traffic_keeps_every_invariant_and_finishes(
-    num_pages: int, page_size: int, max_prefill: int, arrivals: list[tuple[int, int, int, int, int, bool]]
+    num_pages: int,
+    page_size: int,
+    max_prefill: int,
+    arrivals: list[tuple[int, int, int, int, int, bool]],
+    optimistic: bool,
+) -> None:
+    # An optimistic estimate of decode growth (none) admits more than fits: preemption galore.
+    saved = scheduler_module.MIN_NEW_TOKEN_RATIO
+    scheduler_module.MIN_NEW_TOKEN_RATIO = 0.0 if optimistic else saved
+    try:
+        run_random_traffic(num_pages, page_size, max_prefill, arrivals, optimistic)
+    finally:
+        scheduler_module.MIN_NEW_TOKEN_RATIO = saved
+
+
+def run_random_traffic(
+    num_pages: int,
+    page_size: int,
+    max_prefill: int,
+    arrivals: list[tuple[int, int, int, int, int, bool]],
+    optimistic: bool,
 ) -> None:
     scheduler = Scheduler(SchedulerLimits(page_size, num_pages, 4, max_prefill, 40, (EOS,)))
+    if optimistic:
+        scheduler.new_token_ratio = 0.0
     prefixes = [list(range(1000 * k, 1000 * k + 12)) for k in range(4)]
     finished: set[str] = set()
     aborts: list[tuple[int, str]] = []

@@ -167,3 +167,24 @@ def test_a_request_the_whole_cache_cannot_grow_finishes_with_length() -> None:
         check_invariants(scheduler)
     assert finished == dict.fromkeys("abcd", FinishReason.LENGTH)
     check_idle(scheduler)
+
+
+def test_a_victim_already_planned_this_step_leaves_the_plan(monkeypatch) -> None:
+    """Decode rows are planned in arrival order; growing a later one may preempt an earlier one."""
+    monkeypatch.setattr(scheduler_module, "MIN_NEW_TOKEN_RATIO", 0.0)
+    # (Sizes found by searching for a step where the victim already had its row.)
+    scheduler = make_scheduler(num_pages=3, page_size=4, max_prefill=2, radix=False)
+    scheduler.new_token_ratio = 0.0
+    scheduler.add(seq("first", 2, max_tokens=20))
+    scheduler.add(seq("second", 1, first_token=100, max_tokens=20))
+    for _ in range(12):
+        planned = scheduler.schedule()
+        ended = scheduler.take_finished_in_planning()
+        assert planned is not None or ended
+        if planned is None:
+            break
+        batch, seqs = planned
+        assert all(s in scheduler.running for s in seqs), "a preempted sequence kept its row"
+        scheduler.update(seqs, batch, [SampleResult(7, None) for wants in batch.sample if wants])
+        check_invariants(scheduler)
+    assert scheduler.num_preemptions >= 1

@@ -120,6 +120,7 @@ class Scheduler:
         self._by_id: dict[str, Sequence] = {}
         self._preempted_this_step = False
         self._finished_in_planning: list[StepOutput] = []
+        self._step_rows: dict[str, tuple[Sequence, int]] = {}
         self.new_token_ratio = INITIAL_NEW_TOKEN_RATIO
         self.num_preemptions = 0
         self.prefix_queried_tokens = 0
@@ -193,21 +194,22 @@ class Scheduler:
     # -- planning --------------------------------------------------------------------------
     def schedule(self) -> tuple[ForwardBatch, list[Sequence]] | None:
         """Choose this step's sequences and token counts; allocate their pages."""
-        scheduled: list[tuple[Sequence, int]] = []
+        # This step's rows by request id: a preemption while planning takes its victim out again.
+        scheduled = self._step_rows = {}
         self._preempted_this_step = False
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
         for seq in self._decoding():
             if seq.request_id not in self._running:
                 continue  # preempted while making room for an earlier one
             if self._grow(seq):
-                scheduled.append((seq, 1))
+                scheduled[seq.request_id] = (seq, 1)
         budget = self.limits.max_prefill_length
         for seq in self._prefilling():
             if budget == 0:
                 break
             chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
             if chunk:
-                scheduled.append((seq, chunk))
+                scheduled[seq.request_id] = (seq, chunk)
                 budget -= chunk
         # After a preemption the cache is short: admitting now would only thrash.
         reserved = self._reserved_decode_pages() if self.waiting else 0
@@ -222,19 +224,20 @@ class Scheduler:
                 break  # wait for pages to come back
             self.waiting.popleft()
             self._running[seq.request_id] = seq
-            scheduled.append((seq, chunk))
+            scheduled[seq.request_id] = (seq, chunk)
             budget -= chunk
             reserved += self._pages_still_needed(seq)
-        if not scheduled:
+        rows = list(scheduled.values())
+        if not rows:
             return None
         batch = ForwardBatch(
-            token_ids=[t for seq, n in scheduled for t in seq.token_ids[seq.num_cached : seq.num_cached + n]],
-            query_lens=[n for _, n in scheduled],
-            context_lens=[seq.num_cached + n for seq, n in scheduled],
-            page_tables=[list(seq.pages) for seq, _ in scheduled],
-            sample=[seq.num_cached + n == len(seq.token_ids) for seq, n in scheduled],
+            token_ids=[t for seq, n in rows for t in seq.token_ids[seq.num_cached : seq.num_cached + n]],
+            query_lens=[n for _, n in rows],
+            context_lens=[seq.num_cached + n for seq, n in rows],
+            page_tables=[list(seq.pages) for seq, _ in rows],
+            sample=[seq.num_cached + n == len(seq.token_ids) for seq, n in rows],
         )
-        return batch, [seq for seq, _ in scheduled]
+        return batch, [seq for seq, _ in rows]
 
     def _order_waiting(self) -> None:
         """Longest cached prefix first (SGLang's lpm), except overdue and preempted requests."""
@@ -343,6 +346,7 @@ class Scheduler:
         # Recompute later: its computed full pages stay in the radix tree (until evicted), so
         # resuming recomputes only what was lost.
         del self._running[seq.request_id]
+        self._step_rows.pop(seq.request_id, None)  # it may have had a row in this step already
         self._detach(seq)
         self.waiting.appendleft(seq)
         self._preempted_this_step = True
@@ -378,8 +382,6 @@ class Scheduler:
         outputs: list[StepOutput] = []
         sampled = iter(samples)
         for seq, query_len, wants_sample in zip(seqs, batch.query_lens, batch.sample):
-            if seq.finish_reason is not None:
-                continue  # aborted while its step ran
             seq.num_cached += query_len
             self._cache_full_pages(seq)
             if not wants_sample:
