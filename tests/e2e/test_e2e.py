@@ -50,6 +50,15 @@ class E2ECluster:
                 endpoints.append(f"http://{pod['status']['podIP']}:{port}")
         return sorted(endpoints)
 
+    def routed_endpoints(self, name: str, count: int) -> list[str]:
+        """The Service's endpoints once it routes to `count` pods: a leader's pod turns Ready (the
+        kubelet writes its gate into Ready) a moment after the operator reports the group Ready."""
+        return poll_until(
+            lambda: found if len(found := self.service_endpoints(name)) == count else None,
+            30,
+            what=f"{count} endpoint(s) behind {name}",
+        )
+
     def chat(self, base_url: str, model: str = "tiny") -> str:
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=60)
         reply = client.chat.completions.create(
@@ -129,7 +138,7 @@ def test_group_forms_serves_and_survives_a_killed_worker(e2e: E2ECluster, tiny_c
     e2e.cluster.create(tiny_service(tiny_checkpoint("llama")))
     status = wait_ready(e2e, "tiny")
     assert e2e.cluster.gate("tiny-leader-0") == "True"
-    [endpoint] = e2e.service_endpoints("tiny")
+    [endpoint] = e2e.routed_endpoints("tiny", 1)
     assert e2e.chat(endpoint) == offline_answer
 
     # kill -9 the worker's server process: the group must fail fast and be recreated whole.
@@ -141,7 +150,7 @@ def test_group_forms_serves_and_survives_a_killed_worker(e2e: E2ECluster, tiny_c
     poll_until(lambda: e2e.service_endpoints("tiny") == [], 30, what="leader unready")
     status = wait_ready(e2e, "tiny", restarts=1)
     assert status["groups"][0]["restarts"] == 1
-    [endpoint] = e2e.service_endpoints("tiny")
+    [endpoint] = e2e.routed_endpoints("tiny", 1)
     assert e2e.chat(endpoint) == offline_answer
 
 
@@ -160,7 +169,7 @@ def test_engine_change_rolls_the_group(e2e: E2ECluster, tiny_checkpoint, offline
     for pod in ("tiny-leader-0", "tiny-worker-0-1"):
         argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]
         assert argv[argv.index("--max-prefill-length") + 1] == "64"
-    [endpoint] = e2e.service_endpoints("tiny")
+    [endpoint] = e2e.routed_endpoints("tiny", 1)
     assert e2e.chat(endpoint) == offline_answer
 
 
@@ -168,8 +177,7 @@ def test_two_replicas_are_two_independent_groups(e2e: E2ECluster, tiny_checkpoin
     e2e.cluster.create(tiny_service(tiny_checkpoint("llama"), replicas=2))
     status = wait_ready(e2e, "tiny", groups=2)
     assert [g["leaderPod"] for g in status["groups"]] == ["tiny-leader-0", "tiny-leader-1"]
-    endpoints = e2e.service_endpoints("tiny")
-    assert len(endpoints) == 2
+    endpoints = e2e.routed_endpoints("tiny", 2)
     assert [e2e.chat(url) for url in endpoints] == [offline_answer, offline_answer]
     # Each group has its own rendezvous: the worker of group 1 talks to leader 1.
     worker_args = e2e.kubelet.runtime("tiny-worker-1-1").process.args  # type: ignore[union-attr]
