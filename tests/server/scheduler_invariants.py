@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tpserve.engine.scheduler import Scheduler
+from tpserve.engine.sampling import SampleResult
+from tpserve.engine.scheduler import Scheduler, StepOutput
 from tpserve.kvcache.radix_cache import RadixNode
 
 
@@ -47,3 +48,14 @@ def check_idle(scheduler: Scheduler) -> None:
     check_invariants(scheduler)
     assert not scheduler.has_work
     assert scheduler.pages_in_use == 0
+
+
+def run_step(scheduler: Scheduler, token: int = 7) -> list[StepOutput]:
+    """Plan one step, "sample" `token` for every sampling row, and return everything that ended."""
+    planned = scheduler.schedule()
+    ended = scheduler.take_finished_in_planning()
+    if planned is None:
+        assert ended, "no step planned although nothing ended"
+        return ended
+    batch, seqs = planned
+    return ended + scheduler.update(seqs, batch, [SampleResult(token, None) for wants in batch.sample if wants])

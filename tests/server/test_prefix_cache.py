@@ -11,11 +11,10 @@ from hypothesis import strategies as st
 
 from tpserve import LLM, SamplingParams
 from tpserve.engine import scheduler as scheduler_module
-from tpserve.engine.sampling import SampleResult
 from tpserve.engine.scheduler import FinishReason, Scheduler, SchedulerLimits, Sequence
 
 from .reference import hf_greedy
-from .scheduler_invariants import check_idle, check_invariants
+from .scheduler_invariants import check_idle, check_invariants, run_step
 
 EOS = 2
 
@@ -28,20 +27,11 @@ def request(request_id: str, prompt: list[int], max_tokens: int = 3) -> Sequence
     return Sequence(request_id, list(prompt), len(prompt), SamplingParams(max_tokens=max_tokens, ignore_eos=True))
 
 
-def step(scheduler: Scheduler) -> list:
-    planned = scheduler.schedule()
-    ended = scheduler.take_finished_in_planning()
-    if planned is None:
-        return ended
-    batch, seqs = planned
-    return ended + scheduler.update(seqs, batch, [SampleResult(7, None) for wants in batch.sample if wants])
-
-
 def drain(scheduler: Scheduler, max_steps: int = 1000) -> None:
     for _ in range(max_steps):
         if not scheduler.has_work:
             return
-        step(scheduler)
+        run_step(scheduler)
         check_invariants(scheduler)
     raise AssertionError("requests did not finish")
 
@@ -80,7 +70,7 @@ def test_requests_in_the_same_step_end_up_sharing_one_copy() -> None:
     choices = [request(f"choice-{i}", PREFIX) for i in range(3)]
     for choice in choices:
         scheduler.add(choice)
-    step(scheduler)
+    run_step(scheduler)
     check_invariants(scheduler)
     assert choices[0].pages[:2] == choices[1].pages[:2] == choices[2].pages[:2]
     assert choices[0].pages[2] != choices[1].pages[2], "the partial last page stays private"
@@ -97,7 +87,7 @@ def test_eviction_takes_the_least_recently_used_prefix() -> None:
     assert scheduler.radix is not None and scheduler.radix.num_evictable == 4
     # Needs 4 pages, 2 are free: the two pages of "old" go, those of "new" stay.
     scheduler.add(request("big", list(range(200, 215)), max_tokens=1))
-    step(scheduler)
+    run_step(scheduler)
     check_invariants(scheduler)
     reuse = request("new-again", list(range(50, 59)))
     old_again = request("old-again", list(range(0, 9)))
@@ -116,7 +106,7 @@ def test_abort_leaves_the_tree_consistent(steps_before_abort: int) -> None:
     scheduler.add(request("sibling", [*PREFIX, 9], max_tokens=8))
     scheduler.add(request("victim", [*PREFIX, 8], max_tokens=8))
     for _ in range(steps_before_abort):
-        step(scheduler)
+        run_step(scheduler)
     out = scheduler.abort("victim")
     assert out is not None and out.finish_reason == FinishReason.ABORT
     check_invariants(scheduler)
@@ -134,10 +124,10 @@ def test_a_waiting_request_is_counted_once_when_admitted() -> None:
     drain(scheduler)
     scheduler.add(request("long", list(range(300, 332)), max_tokens=12))
     scheduler.add(request("waits", [*PREFIX, 2]))
-    step(scheduler)
+    run_step(scheduler)
     queried = scheduler.prefix_queried_tokens
     for _ in range(4):  # "long" is expected to need the rest of the cache: "waits" waits
-        step(scheduler)
+        run_step(scheduler)
         assert [s.request_id for s in scheduler.waiting] == ["waits"]
         assert scheduler.prefix_queried_tokens == queried
     drain(scheduler)
@@ -156,7 +146,7 @@ def test_longest_cached_prefix_goes_first_under_lpm(policy: str, expected: list[
         scheduler.add(request(f"shares-{i}", [*PREFIX, i]))
     order = []
     while scheduler.has_work:
-        for out in step(scheduler):
+        for out in run_step(scheduler):
             if out.finish_reason is not None:
                 order.append(out.request_id)
     assert order[:2] == expected
@@ -174,7 +164,7 @@ def test_an_overdue_request_is_not_passed_over() -> None:
     scheduler.add(overdue)
     first = []
     while scheduler.has_work and not first:
-        first = [out.request_id for out in step(scheduler) if out.finish_reason is not None]
+        first = [out.request_id for out in run_step(scheduler) if out.finish_reason is not None]
     assert first == ["overdue"]
 
 
@@ -231,7 +221,7 @@ def run_random_traffic(
 
     def advance() -> None:
         nonlocal clock
-        for out in step(scheduler):
+        for out in run_step(scheduler):
             if out.finish_reason is not None:
                 finished.add(out.request_id)
         clock += 1

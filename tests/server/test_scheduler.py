@@ -8,7 +8,7 @@ from tpserve.engine import scheduler as scheduler_module
 from tpserve.engine.sampling import SampleResult, SamplingParams
 from tpserve.engine.scheduler import FinishReason, RequestError, Scheduler, SchedulerLimits, Sequence
 
-from .scheduler_invariants import check_idle, check_invariants
+from .scheduler_invariants import check_idle, check_invariants, run_step
 
 EOS = 2
 
@@ -26,17 +26,6 @@ def make_scheduler(
 def seq(request_id: str, prompt_len: int, first_token: int = 10, **params: object) -> Sequence:
     prompt = list(range(first_token, first_token + prompt_len))
     return Sequence(request_id, prompt, prompt_len, SamplingParams(**params))  # type: ignore[arg-type]
-
-
-def run_step(scheduler: Scheduler, token: int = 7) -> list:
-    planned = scheduler.schedule()
-    ended = scheduler.take_finished_in_planning()
-    if planned is None:
-        assert ended, "no step planned although nothing ended"
-        return ended
-    batch, seqs = planned
-    samples = [SampleResult(token, None) for wants in batch.sample if wants]
-    return ended + scheduler.update(seqs, batch, samples)
 
 
 def test_long_prompt_is_prefilled_in_chunks_within_budget() -> None:
