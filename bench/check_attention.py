@@ -18,6 +18,7 @@ from numerics import relative_error
 from tpserve.attention import AttentionLayerShape, create_backend
 from tpserve.core.batch import ForwardBatch
 from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
+from tpserve.kvcache.request_tables import RequestTables
 
 TOLERANCE = 2e-2  # relative norm error for bf16 operands
 
@@ -34,7 +35,7 @@ def random_batch(rng: random.Random, page_size: int, num_pages: int, decode_only
         tables.append([free.pop() for _ in range(n)])
         query_lens.append(q)
         context_lens.append(ctx)
-    return ForwardBatch([0] * sum(query_lens), query_lens, context_lens, tables, [True] * len(query_lens))
+    return ForwardBatch.fresh([0] * sum(query_lens), query_lens, context_lens, tables, [True] * len(query_lens))
 
 
 def check(shape: AttentionLayerShape, page_size: int, decode_only: bool, seed: int) -> float:
@@ -58,8 +59,10 @@ def check(shape: AttentionLayerShape, page_size: int, decode_only: bool, seed: i
     k = torch.randn(tokens, shape.num_kv_heads, shape.head_dim, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     outputs = []
-    for backend in (reference, candidate):
-        backend.plan(batch)
+    for backend, cache in ((reference, caches[0]), (candidate, caches[1])):
+        tables = RequestTables(batch.num_seqs, -(-1000 // page_size) + 1, cache.padding_page, cache.layers[0].device)
+        tables.apply(batch)
+        backend.plan(tables.step_inputs(batch, cache))
         outputs.append(backend.forward(0, q, k, v).float())
     if not torch.equal(caches[0].layers[0], caches[1].layers[0]):
         raise SystemExit("KV cache writes differ between backends")

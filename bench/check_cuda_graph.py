@@ -58,11 +58,11 @@ def check_rank(group: TPGroup, model_dir: str, custom_all_reduce: bool, seed: in
             length = rng.randint(1, 700)
             table = [free_pages.pop() for _ in range(-(-(length + 1) // 16))]
             runner.forward(
-                ForwardBatch([rng.randrange(vocab) for _ in range(length)], [length], [length], [table], [True])
+                ForwardBatch.fresh([rng.randrange(vocab) for _ in range(length)], [length], [length], [table], [True])
             )
             contexts.append(length + 1)
             tables.append(table)
-        decode = ForwardBatch(
+        decode = ForwardBatch.fresh(
             [rng.randrange(vocab) for _ in range(batch_size)], [1] * batch_size, contexts, tables, [True] * batch_size
         )
         replayed = runner.forward(decode).float().clone()  # the graph path: decode-only and fits

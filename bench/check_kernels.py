@@ -81,7 +81,7 @@ def check_kv_write() -> None:
     qkv = torch.randn(37, (32 + 8 + 8) * 128, dtype=DTYPE, device=DEVICE)
     _, k, v = (t.view(37, -1, 128) for t in qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1))
     flat = torch.randperm(65 * 16, device=DEVICE)[:37]  # distinct slots, the padding page included
-    slots = torch.tensor(one.slot_rows((flat // 16).tolist(), (flat % 16).tolist()), device=DEVICE).view(-1, 2)
+    slots = one.slots(flat // 16, flat % 16)
     one.write(0, slots, k, v)
     two.write(0, slots, k.clone(), v.clone())
     if not torch.equal(one.layers[0], two.layers[0]):
@@ -102,7 +102,7 @@ def check_model(shape: Path) -> float:
         )
         runner = ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=DEVICE))
     prompt = torch.randint(0, runner.model_config.vocab_size, (100,)).tolist()
-    plan = ForwardBatch(prompt, [100], [100], [list(range(7))], [True])
+    plan = ForwardBatch.fresh(prompt, [100], [100], [list(range(7))], [True])
     fused = runner.forward(plan).float()
     with reference_ops(runner.model):
         reference = runner.forward(plan).float()

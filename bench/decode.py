@@ -44,7 +44,7 @@ from tpserve.testing.ranks import run_on_ranks
 def decode_batch(batch: int, context: int, page_size: int, vocab: int) -> ForwardBatch:
     pages_per_seq = -(-context // page_size)
     generator = torch.Generator().manual_seed(batch)
-    return ForwardBatch(
+    return ForwardBatch.fresh(
         token_ids=torch.randint(0, vocab, (batch,), generator=generator).tolist(),
         query_lens=[1] * batch,
         context_lens=[context] * batch,
@@ -66,17 +66,18 @@ class Modes:
         if fused_kernels(group.device, runner.dtype) is not None:
             with reference_ops(runner.model):
                 self.graphs["graph-unfused"] = DecodeGraphs(
-                    runner.model, runner.attention, group.device, max_bs, capture
+                    runner.model, runner.attention, runner.tables, max_bs, capture
                 )
         if group.world_size > 1 and group.small_all_reduce is not None:
             fast, group.small_all_reduce = group.small_all_reduce, None
-            self.graphs["graph-nccl"] = DecodeGraphs(runner.model, runner.attention, group.device, max_bs, capture)
+            self.graphs["graph-nccl"] = DecodeGraphs(runner.model, runner.attention, runner.tables, max_bs, capture)
             group.small_all_reduce = fast
         self.names = ["eager", *self.graphs]
 
     def step(self, mode: str, plan: ForwardBatch) -> torch.Tensor:
         if mode == "eager":
             return self.runner.forward_eager(plan)
+        self.runner.tables.apply(plan)  # as runner.forward does: the plan's page-table updates
         return self.graphs[mode].run(plan)
 
 

@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--shape", type=Path, help="a model shape (bench/shapes/*.json), dummy weights")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--attn", default="torch", help="attention backend (fi on a GPU)")
     parser.add_argument("--workloads", default="system,chat")
     parser.add_argument("--prompts", type=int, default=4, help="system prompts")
     parser.add_argument("--questions", type=int, default=8, help="questions per system prompt")
@@ -150,6 +152,8 @@ def main() -> None:
             flags = dict(
                 tp=args.tp,
                 device=args.device,
+                dtype=args.dtype,
+                attention_backend=args.attn,
                 load_format=load_format,
                 disable_radix_cache=not radix,
                 max_total_tokens=args.max_total_tokens,

@@ -35,8 +35,7 @@ def decode_steps(running: int, steps: int, radix: bool) -> tuple[float, float]:
         planned = scheduler.schedule()
         planned_at = time.perf_counter()
         assert planned is not None
-        batch, seqs = planned
-        scheduler.update(seqs, batch, [SampleResult(7, None)] * sum(batch.sample))
+        scheduler.update(planned, [SampleResult(7, None)] * len(planned.sampled))
         if step > 0:  # step 0 is the prefill of every prompt
             schedule_ms.append(1e3 * (planned_at - started))
             update_ms.append(1e3 * (time.perf_counter() - planned_at))

@@ -20,6 +20,8 @@ from tpserve.distributed.group import TPGroup
 from tpserve.engine.config import EngineConfig
 from tpserve.engine.cuda_graph import DecodeGraphs, StepFn, graph_batch_sizes, pad_decode_batch
 from tpserve.engine.runner import ModelRunner
+from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
+from tpserve.kvcache.request_tables import RequestTables
 
 PAGE_SIZE = 4
 
@@ -52,15 +54,19 @@ def test_captured_sizes_cover_every_batch_up_to_the_maximum() -> None:
 
 
 def test_padding_rows_only_touch_the_padding_page() -> None:
-    batch = ForwardBatch(
-        token_ids=[5, 6], query_lens=[1, 1], context_lens=[3, 9], page_tables=[[0], [1, 2, 3]], sample=[True, True]
+    tables = RequestTables(max_rows=4, max_pages_per_row=3, padding_page=7, device=torch.device("cpu"))
+    batch = ForwardBatch.fresh(
+        [5, 6], query_lens=[1, 1], context_lens=[3, 9], page_tables=[[0], [1, 2, 3]], sample=[True, True]
     )
-    padded = pad_decode_batch(batch, 5, padding_page=7)
+    tables.apply(batch)
+    padded = pad_decode_batch(batch, 5, padding_row=tables.padding_row)
     assert padded.num_seqs == 5 and padded.is_decode_only
-    pages, offsets = padded.kv_write_slots(PAGE_SIZE)
-    assert pages == [0, 3, 7, 7, 7] and offsets == [2, 0, 0, 0, 0]
+    cache = PagedKVCache(KVCacheShape(1, 7, PAGE_SIZE, 1, 2), torch.float32, torch.device("cpu"))
+    slots = tables.slots(cache, torch.from_numpy(padded.rows), torch.from_numpy(padded.positions()))
+    pages, offsets = slots[:, 0] // (2 * PAGE_SIZE), slots[:, 0] % (2 * PAGE_SIZE)
+    assert pages.tolist() == [0, 3, 7, 7, 7] and offsets.tolist() == [2, 0, 0, 0, 0]
     with pytest.raises(ValueError, match="does not fit"):
-        pad_decode_batch(padded, 4, padding_page=7)
+        pad_decode_batch(padded, 4, padding_row=tables.padding_row)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +90,7 @@ def _prefilled(runner: ModelRunner, rng: random.Random, count: int) -> tuple[lis
         prompt = [rng.randrange(runner.model_config.vocab_size) for _ in range(rng.randint(2, 13))]
         pages = list(range(next_page, next_page + 5))  # room for 20 tokens
         next_page += 5
-        runner.forward(ForwardBatch(prompt, [len(prompt)], [len(prompt)], [pages], [True]))
+        runner.forward(ForwardBatch.fresh(prompt, [len(prompt)], [len(prompt)], [pages], [True]))
         tokens.append(prompt)
         tables.append(pages)
     return tokens, tables
@@ -92,12 +98,12 @@ def _prefilled(runner: ModelRunner, rng: random.Random, count: int) -> tuple[lis
 
 def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRunner) -> None:
     recorder = ReplayByRerun()
-    graphs = DecodeGraphs(runner.model, runner.attention, torch.device("cpu"), max_bs=6, capture=recorder)
+    graphs = DecodeGraphs(runner.model, runner.attention, runner.tables, max_bs=6, capture=recorder)
     assert recorder.recorded == [6, 4, 2, 1]  # largest first, so smaller graphs share its pool
     rng = random.Random(0)
     for batch_size in (1, 3, 5, 6, 2):
         tokens, tables = _prefilled(runner, rng, batch_size)
-        decode = ForwardBatch(
+        decode = ForwardBatch.fresh(
             token_ids=[rng.randrange(runner.model_config.vocab_size) for _ in tokens],
             query_lens=[1] * batch_size,
             context_lens=[len(t) + 1 for t in tokens],
@@ -105,6 +111,7 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
             sample=[True] * batch_size,
         )
         assert graphs.can_run(decode)
+        runner.tables.apply(decode)
         cache_before = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
         replayed = graphs.run(decode).clone()
         cache_after_replay = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
@@ -118,9 +125,9 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
 
 
 def test_prefill_and_oversized_batches_stay_eager(runner: ModelRunner) -> None:
-    graphs = DecodeGraphs(runner.model, runner.attention, torch.device("cpu"), max_bs=2, capture=ReplayByRerun())
-    prefill = ForwardBatch([1, 2, 3], [3], [3], [[0]], [True])
-    too_many = ForwardBatch([1, 2, 3], [1, 1, 1], [2, 2, 2], [[0], [1], [2]], [True] * 3)
+    graphs = DecodeGraphs(runner.model, runner.attention, runner.tables, max_bs=2, capture=ReplayByRerun())
+    prefill = ForwardBatch.fresh([1, 2, 3], [3], [3], [[0]], [True])
+    too_many = ForwardBatch.fresh([1, 2, 3], [1, 1, 1], [2, 2, 2], [[0], [1], [2]], [True] * 3)
     assert not graphs.can_run(prefill) and not graphs.can_run(too_many)
 
 

@@ -17,15 +17,11 @@ def fused_qkv_slices(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return k.view(tokens, SHAPE.num_kv_heads, SHAPE.head_dim), v.view(tokens, SHAPE.num_kv_heads, SHAPE.head_dim)
 
 
-def slots(cache: PagedKVCache, pages: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(cache.slot_rows(pages.tolist(), offsets.tolist())).view(-1, 2)
-
-
 def test_each_token_lands_at_its_slot_from_fused_qkv_slices() -> None:
     cache = PagedKVCache(SHAPE, torch.float32, torch.device("cpu"))
     k, v = fused_qkv_slices(5)
     pages, offsets = torch.tensor([3, 3, 0, 5, SHAPE.num_pages]), torch.tensor([1, 2, 3, 0, 0])
-    cache.write(1, slots(cache, pages, offsets), k, v)
+    cache.write(1, cache.slots(pages, offsets), k, v)
     for token, (page, offset) in enumerate(zip(pages.tolist(), offsets.tolist())):
         assert torch.equal(cache.layers[1][page, 0, offset], k[token])
         assert torch.equal(cache.layers[1][page, 1, offset], v[token])
@@ -39,7 +35,7 @@ def test_fused_slices_and_separate_tensors_store_the_same_cache() -> None:
     fused, separate = (PagedKVCache(SHAPE, torch.float32, torch.device("cpu")) for _ in range(2))
     k, v = fused_qkv_slices(7)
     flat = torch.randperm(SHAPE.num_pages * SHAPE.page_size)[:7]
-    where = slots(fused, flat // SHAPE.page_size, flat % SHAPE.page_size)
+    where = fused.slots(flat // SHAPE.page_size, flat % SHAPE.page_size)
     fused.write(0, where, k, v)
     separate.write(0, where, k.clone(), v.clone())  # two unrelated tensors: two writes
     assert torch.equal(fused.layers[0], separate.layers[0])

@@ -23,7 +23,7 @@ def _channel(world_size: int) -> tuple[SharedMemoryBroadcast, list[SharedMemoryB
 
 def test_every_reader_gets_every_message_in_order() -> None:
     writer, readers = _channel(world_size=3)
-    messages = [ForwardBatch([i] * (i + 1), [i + 1], [i + 1], [[i]], [True]) for i in range(40)]
+    messages = [ForwardBatch.fresh([i] * (i + 1), [i + 1], [i + 1], [[i]], [True]) for i in range(40)]
     messages.append({"big": list(range(200_000))})  # larger than any earlier payload
     received: dict[int, list[object]] = {r.rank: [] for r in readers}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tpserve.engine import scheduler as scheduler_module
 from tpserve.engine.scheduler import FinishReason, Scheduler, SchedulerLimits, Sequence
 
 from .reference import hf_greedy
-from .scheduler_invariants import check_idle, check_invariants, run_step
+from .scheduler_invariants import OverlappedSteps, check_idle, check_invariants, computed_from, run_step
 
 EOS = 2
 
@@ -23,8 +24,9 @@ def make_scheduler(num_pages: int = 32, page_size: int = 4, max_prefill: int = 6
     return Scheduler(SchedulerLimits(page_size, num_pages, max_running, max_prefill, 256, (EOS,)))
 
 
-def request(request_id: str, prompt: list[int], max_tokens: int = 3) -> Sequence:
-    return Sequence(request_id, list(prompt), len(prompt), SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+def request(request_id: str, prompt: list[int], max_tokens: int = 3, stop: tuple[int, ...] = ()) -> Sequence:
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, stop_token_ids=stop)
+    return Sequence(request_id, list(prompt), len(prompt), params)
 
 
 def drain(scheduler: Scheduler, max_steps: int = 1000) -> None:
@@ -45,9 +47,9 @@ def test_a_shared_prefix_is_computed_once() -> None:
     drain(scheduler)
     second = request("second", [*PREFIX, 4, 5])
     scheduler.add(second)
-    batch, _ = scheduler.schedule()  # type: ignore[misc]
+    step = scheduler.schedule()
     # Two full pages (8 tokens) come from the cache; the rest of the prompt, mid-page, is computed.
-    assert second.num_cached == 8 and batch.query_lens == [4]
+    assert computed_from(step, second) == 8 and step is not None and list(step.batch.query_lens) == [4]
     assert (scheduler.prefix_hit_tokens, scheduler.prefix_queried_tokens) == (8, 13 + 12)
     scheduler.abort("second")
     check_idle(scheduler)
@@ -59,9 +61,10 @@ def test_the_last_prompt_token_is_always_computed() -> None:
     drain(scheduler)
     again = request("again", PREFIX[:8])
     scheduler.add(again)
-    batch, _ = scheduler.schedule()  # type: ignore[misc]
-    assert again.num_cached == 4 and batch.query_lens == [4], "one page short of the whole prompt"
-    assert batch.sample == [True]
+    step = scheduler.schedule()
+    assert step is not None and list(step.batch.query_lens) == [4]
+    assert computed_from(step, again) == 4, "one page short of the whole prompt"
+    assert list(step.batch.sample) == [True]
 
 
 def test_requests_in_the_same_step_end_up_sharing_one_copy() -> None:
@@ -94,8 +97,8 @@ def test_eviction_takes_the_least_recently_used_prefix() -> None:
     drain(scheduler)
     scheduler.add(reuse)
     scheduler.add(old_again)
-    scheduler.schedule()
-    assert reuse.num_cached == 8 and old_again.num_cached == 0  # as admitted, before the step runs
+    step = scheduler.schedule()
+    assert computed_from(step, reuse) == 8 and computed_from(step, old_again) == 0
     drain(scheduler)
     check_idle(scheduler)
 
@@ -114,8 +117,7 @@ def test_abort_leaves_the_tree_consistent(steps_before_abort: int) -> None:
     check_idle(scheduler)
     later = request("later", [*PREFIX, 7])
     scheduler.add(later)
-    scheduler.schedule()
-    assert later.num_cached == 8, "the pages computed before the abort still serve"
+    assert computed_from(scheduler.schedule(), later) == 8, "the pages computed before the abort still serve"
 
 
 def test_a_waiting_request_is_counted_once_when_admitted() -> None:
@@ -186,6 +188,8 @@ def test_an_overdue_request_is_not_passed_over() -> None:
         max_size=12,
     ),
     optimistic=st.booleans(),
+    overlap=st.booleans(),
+    eos_every=st.sampled_from([0, 3, 7]),
 )
 def test_random_traffic_keeps_every_invariant_and_finishes(
     num_pages: int,
@@ -193,12 +197,14 @@ def test_random_traffic_keeps_every_invariant_and_finishes(
     max_prefill: int,
     arrivals: list[tuple[int, int, int, int, int, bool]],
     optimistic: bool,
+    overlap: bool,
+    eos_every: int,
 ) -> None:
     # An optimistic estimate of decode growth (none) admits more than fits: preemption galore.
     saved = scheduler_module.MIN_NEW_TOKEN_RATIO
     scheduler_module.MIN_NEW_TOKEN_RATIO = 0.0 if optimistic else saved
     try:
-        run_random_traffic(num_pages, page_size, max_prefill, arrivals, optimistic)
+        run_random_traffic(num_pages, page_size, max_prefill, arrivals, optimistic, overlap, eos_every)
     finally:
         scheduler_module.MIN_NEW_TOKEN_RATIO = saved
 
@@ -209,21 +215,36 @@ def run_random_traffic(
     max_prefill: int,
     arrivals: list[tuple[int, int, int, int, int, bool]],
     optimistic: bool,
+    overlap: bool,
+    eos_every: int,
 ) -> None:
+    """Random arrivals through the scheduler, driven with or without overlap.
+
+    Every `eos_every`-th sampled token is EOS (0: never), so stops land mid-overlap too.
+    """
     scheduler = Scheduler(SchedulerLimits(page_size, num_pages, 4, max_prefill, 40, (EOS,)))
     if optimistic:
         scheduler.new_token_ratio = 0.0
     prefixes = [list(range(1000 * k, 1000 * k + 12)) for k in range(4)]
     finished: set[str] = set()
+    emitted: dict[str, list[int]] = {}
     aborts: list[tuple[int, str]] = []
     clock = 0
     capacity_tokens = num_pages * page_size
+    samples = itertools.count(1)
+    driver = OverlappedSteps(scheduler, lambda: EOS if eos_every and next(samples) % eos_every == 0 else 7)
 
     def advance() -> None:
         nonlocal clock
-        for out in run_step(scheduler):
+        outputs = driver.step() if overlap else run_step(scheduler)
+        for out in outputs:
+            assert out.request_id not in finished, f"{out.request_id} reported after it finished"
+            if out.token_id is not None:
+                emitted.setdefault(out.request_id, []).append(out.token_id)
             if out.finish_reason is not None:
                 finished.add(out.request_id)
+            if out.finish_reason == FinishReason.STOP:
+                assert emitted[out.request_id][-1] == EOS, "a stop ends on its stop token"
         clock += 1
         for due, rid in [a for a in aborts if a[0] <= clock]:
             aborts.remove((due, rid))
@@ -232,23 +253,28 @@ def run_random_traffic(
         check_invariants(scheduler)
 
     added = []
+    max_tokens_of: dict[str, int] = {}
     for i, (which, shared, tail, max_tokens, gap, abort) in enumerate(arrivals):
         prompt = prefixes[which][:shared] + list(range(500 + 10 * i, 500 + 10 * i + tail))
         if len(prompt) + 1 > capacity_tokens or len(prompt) >= 40:
             continue  # refused at admission (tested elsewhere)
         rid = f"r{i}"
-        scheduler.add(request(rid, prompt, max_tokens=max_tokens))
+        scheduler.add(request(rid, prompt, max_tokens=max_tokens, stop=(EOS,)))
+        max_tokens_of[rid] = max_tokens
         added.append(rid)
         if abort:
             aborts.append((clock + 2, rid))
         for _ in range(gap):
-            if scheduler.has_work:
+            if driver.busy if overlap else scheduler.has_work:
                 advance()
     for _ in range(2000):
-        if not scheduler.has_work:
+        if not (driver.busy if overlap else scheduler.has_work):
             break
         advance()
     assert set(added) <= finished, "every request finishes (or is aborted)"
+    for rid, tokens in emitted.items():
+        assert len(tokens) <= max_tokens_of[rid], f"{rid} got more than max_tokens"
+        assert EOS not in tokens[:-1], f"{rid} went on past a stop"
     check_idle(scheduler)
 
 

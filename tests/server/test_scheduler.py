@@ -33,30 +33,42 @@ def test_long_prompt_is_prefilled_in_chunks_within_budget() -> None:
     scheduler.add(seq("a", 20, max_tokens=2))
     budgets = []
     while scheduler.has_work:
-        batch, _ = scheduler.schedule()  # type: ignore[misc]
-        budgets.append(batch.query_lens)
-        scheduler.update(_, batch, [SampleResult(7, None) for w in batch.sample if w])
+        step = scheduler.schedule()
+        assert step is not None
+        budgets.append(list(step.batch.query_lens))
+        scheduler.update(step, [SampleResult(7, None)] * len(step.sampled))
     assert budgets == [[8], [8], [4], [1]]
     check_idle(scheduler)
 
 
-def test_decodes_share_a_step_with_a_prefill_chunk() -> None:
+def test_prefill_and_decode_steps_alternate_while_both_have_work() -> None:
+    """Decode steps stay decode-only (they fit a CUDA graph); a stream waits at most one chunk."""
     scheduler = make_scheduler(max_prefill=8)
     scheduler.add(seq("a", 3, max_tokens=10))
     run_step(scheduler)
-    scheduler.add(seq("b", 12, max_tokens=10))
-    batch, seqs = scheduler.schedule()  # type: ignore[misc]
-    assert [s.request_id for s in seqs] == ["a", "b"]
-    assert batch.query_lens == [1, 8]
-    assert batch.sample == [True, False]
+    scheduler.add(seq("b", 20, max_tokens=10))
+    plans = []
+    for _ in range(6):
+        step = scheduler.schedule()
+        assert step is not None
+        plans.append(([s.request_id for s in step.seqs], list(step.batch.query_lens)))
+        scheduler.update(step, [SampleResult(7, None)] * len(step.sampled))
+    assert plans == [
+        (["a"], [1]),  # the previous step prefilled "a"
+        (["b"], [8]),
+        (["a"], [1]),
+        (["b"], [8]),
+        (["a"], [1]),
+        (["b"], [4]),
+    ]
 
 
 def test_max_running_caps_admission() -> None:
     scheduler = make_scheduler(max_running=2)
     for name in "abc":
         scheduler.add(seq(name, 2, max_tokens=5))
-    _, seqs = scheduler.schedule()  # type: ignore[misc]
-    assert [s.request_id for s in seqs] == ["a", "b"]
+    step = scheduler.schedule()
+    assert step is not None and [s.request_id for s in step.seqs] == ["a", "b"]
     assert len(scheduler.waiting) == 1
 
 
@@ -66,15 +78,18 @@ def test_preemption_takes_the_least_progress_and_requeues_it_first(radix: bool, 
     monkeypatch.setattr(scheduler_module, "MIN_NEW_TOKEN_RATIO", 0.0)
     scheduler = make_scheduler(num_pages=4, page_size=4, max_prefill=64, radix=radix)
     scheduler.new_token_ratio = 0.0
-    scheduler.add(seq("a", 7, max_tokens=20))
-    run_step(scheduler)  # a: 7 prompt tokens + 1 generated, 2 pages
+    scheduler.add(seq("a", 6, max_tokens=20))
+    run_step(scheduler)  # a: 6 prompt tokens + 1 generated, 2 pages
     scheduler.add(seq("b", 7, first_token=100, max_tokens=20))  # nothing in common with a
-    run_step(scheduler)  # b prefilled, a decodes into its second page: cache full
+    run_step(scheduler)  # a decodes its 7th token (prefill and decode steps alternate)
+    run_step(scheduler)  # b prefilled: cache full
     assert scheduler.pages_in_use == 4 and [s.num_generated for s in scheduler.running] == [2, 1]
+    run_step(scheduler)  # both decode into the last slots of their second pages
+    assert scheduler.num_preemptions == 0
     run_step(scheduler)  # a needs a third page: b, with less progress, is preempted
     assert [s.request_id for s in scheduler.running] == ["a"]
     assert scheduler.waiting[0].request_id == "b" and scheduler.waiting[0].num_cached == 0
-    assert len(scheduler.waiting[0].token_ids) == 8, "b keeps its generated token and recomputes it"
+    assert len(scheduler.waiting[0].token_ids) == 9, "b keeps its generated tokens and recomputes them"
     assert scheduler.num_preemptions == 1
     check_invariants(scheduler)
     while scheduler.has_work:
@@ -172,8 +187,7 @@ def test_a_victim_already_planned_this_step_leaves_the_plan(monkeypatch) -> None
         assert planned is not None or ended
         if planned is None:
             break
-        batch, seqs = planned
-        assert all(s in scheduler.running for s in seqs), "a preempted sequence kept its row"
-        scheduler.update(seqs, batch, [SampleResult(7, None) for wants in batch.sample if wants])
+        assert all(s in scheduler.running for s in planned.seqs), "a preempted sequence kept its row"
+        scheduler.update(planned, [SampleResult(7, None)] * len(planned.sampled))
         check_invariants(scheduler)
     assert scheduler.num_preemptions >= 1

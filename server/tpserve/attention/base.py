@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.batch import ForwardBatch
+from ..core.batch import StepInputs
 from ..kvcache.paged_cache import PagedKVCache
 
 
@@ -37,19 +37,20 @@ class AttentionBackend(ABC):
         """Forget the per-batch-size plans made for captured graphs (and the memory they hold)."""
 
     @abstractmethod
-    def plan(self, batch: ForwardBatch) -> None:
-        """Prepare per-step metadata (index tensors, kernel plans) shared by all layers."""
+    def plan(self, inputs: StepInputs) -> None:
+        """Prepare per-step metadata (index tensors, kernel plans) shared by all layers.
 
-    def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
-        """Plan a decode-only step of a captured batch size whose K/V slots live in `slots`.
-
-        `slots` is the graph's static [batch, 2] slot tensor (`PagedKVCache.slots_for`), already
-        filled for `batch`.
-        The default plans as usual and then reads the static slots; backends that can be
-        captured keep their own metadata in static buffers as well.
+        The step's K/V go to `inputs.slots`; its context pages are `inputs.kv_indices`.
         """
-        self.plan(batch)
-        self._slots = slots
+
+    def plan_graph_decode(self, inputs: StepInputs) -> None:
+        """Plan a decode-only step of a captured batch size.
+
+        `inputs.slots` is then the graph's static slot tensor, filled inside the graph. The
+        default plans as usual; backends that can be captured keep their own metadata in
+        static buffers as well.
+        """
+        self.plan(inputs)
 
     @abstractmethod
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

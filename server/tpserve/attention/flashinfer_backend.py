@@ -13,7 +13,7 @@ from typing import Any
 import flashinfer
 import torch
 
-from ..core.batch import ForwardBatch
+from ..core.batch import IntArray, StepInputs
 from ..kvcache.paged_cache import PagedKVCache
 from .base import AttentionBackend, AttentionLayerShape
 
@@ -51,20 +51,9 @@ class FlashInferPagedAttention(AttentionBackend):
             0, dtype=torch.int32, device=self.device
         )
 
-    def _page_metadata(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(kv_indptr, kv_indices, kv_last_page_len) on the host: flashinfer plans there."""
-        page_size = self.cache.shape.page_size
-        pages_used = [-(-ctx // page_size) for ctx in batch.context_lens]
-        indptr = [0]
-        for n in pages_used:
-            indptr.append(indptr[-1] + n)
-        indices = [p for table, n in zip(batch.page_tables, pages_used) for p in table[:n]]
-        last_page_len = [ctx - (n - 1) * page_size for ctx, n in zip(batch.context_lens, pages_used)]
-        return (
-            torch.tensor(indptr, dtype=torch.int32),
-            torch.tensor(indices, dtype=torch.int32),
-            torch.tensor(last_page_len, dtype=torch.int32),
-        )
+    @staticmethod
+    def _host(values: IntArray) -> torch.Tensor:
+        return torch.from_numpy(values.astype("int32"))
 
     def _plan_args(self) -> dict[str, Any]:
         return dict(
@@ -76,20 +65,17 @@ class FlashInferPagedAttention(AttentionBackend):
             kv_data_type=self.dtype,
         )
 
-    def plan(self, batch: ForwardBatch) -> None:
-        kv_indptr, kv_indices, kv_last = self._page_metadata(batch)
-        kv_indices = kv_indices.to(self.device, non_blocking=True)
-        self._slots = self.cache.slots_for(batch)
-        self._decode_only = batch.is_decode_only
+    def plan(self, inputs: StepInputs) -> None:
+        kv_indptr, kv_last = self._host(inputs.kv_indptr), self._host(inputs.kv_last_page_len)
+        kv_indices = inputs.kv_indices.to(torch.int32)
+        self._slots = inputs.slots
+        self._decode_only = inputs.is_decode_only
         if self._decode_only:
             self._active_decode = self.decode
             self.decode.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())
         else:
-            qo_indptr = [0]
-            for q in batch.query_lens:
-                qo_indptr.append(qo_indptr[-1] + q)
             self.prefill.plan(
-                torch.tensor(qo_indptr, dtype=torch.int32),
+                self._host(inputs.qo_indptr),
                 kv_indptr,
                 kv_indices,
                 kv_last,
@@ -98,11 +84,16 @@ class FlashInferPagedAttention(AttentionBackend):
                 **self._plan_args(),
             )
 
-    def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
-        kv_indptr, kv_indices, kv_last = self._page_metadata(batch)
-        wrapper = self._graph_wrapper(batch.num_seqs)
-        wrapper.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())
-        self._slots = slots
+    def plan_graph_decode(self, inputs: StepInputs) -> None:
+        wrapper = self._graph_wrapper(inputs.num_seqs)
+        wrapper.plan(
+            self._host(inputs.kv_indptr),
+            inputs.kv_indices.to(torch.int32),
+            self._host(inputs.kv_last_page_len),
+            head_dim=self.shape.head_dim,
+            **self._plan_args(),
+        )
+        self._slots = inputs.slots
         self._decode_only = True
         self._active_decode = wrapper
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.batch import ForwardBatch
+from ..core.batch import StepInputs
 from ..kvcache.paged_cache import PagedKVCache
 from .base import AttentionBackend
 
@@ -25,13 +25,13 @@ class PrefillDecodeSplit(AttentionBackend):
     def release_graph_plans(self) -> None:
         self.decode.release_graph_plans()
 
-    def plan_graph_decode(self, batch: ForwardBatch, slots: torch.Tensor) -> None:
+    def plan_graph_decode(self, inputs: StepInputs) -> None:
         self._active = self.decode
-        self.decode.plan_graph_decode(batch, slots)
+        self.decode.plan_graph_decode(inputs)
 
-    def plan(self, batch: ForwardBatch) -> None:
-        self._active = self.decode if batch.is_decode_only else self.prefill
-        self._active.plan(batch)
+    def plan(self, inputs: StepInputs) -> None:
+        self._active = self.decode if inputs.is_decode_only else self.prefill
+        self._active.plan(inputs)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._active.forward(layer, q, k, v)

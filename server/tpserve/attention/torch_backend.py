@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..core.batch import ForwardBatch
+from ..core.batch import StepInputs
 from .base import AttentionBackend
 
 
@@ -21,23 +21,23 @@ class _SeqView:
 
 
 class TorchPagedAttention(AttentionBackend):
-    def plan(self, batch: ForwardBatch) -> None:
+    def plan(self, inputs: StepInputs) -> None:
         device = self.cache.layers[0].device
         page_size = self.cache.shape.page_size
-        self._slots = self.cache.slots_for(batch)
+        self._slots = inputs.slots
         self._seqs: list[_SeqView] = []
-        start = 0
-        for query_len, context_len, pages in zip(batch.query_lens, batch.context_lens, batch.page_tables):
-            positions = torch.arange(context_len)
-            page_ids = torch.tensor(pages, dtype=torch.int64)[positions // page_size]
-            offsets = positions % page_size
+        kv_pages = inputs.kv_indices
+        plan = inputs.plan
+        for i, (query_len, context_len) in enumerate(zip(plan.query_lens.tolist(), plan.context_lens.tolist())):
+            pages = kv_pages[int(inputs.kv_indptr[i]) : int(inputs.kv_indptr[i + 1])]
+            positions = torch.arange(context_len, device=device)
             first_new = context_len - query_len
             mask = None
             if query_len > 1:
-                query_positions = torch.arange(first_new, context_len).unsqueeze(1)
-                mask = (positions.unsqueeze(0) <= query_positions).to(device)
-            self._seqs.append(_SeqView(start, query_len, page_ids.to(device), offsets.to(device), mask))
-            start += query_len
+                query_positions = torch.arange(first_new, context_len, device=device).unsqueeze(1)
+                mask = positions.unsqueeze(0) <= query_positions
+            start = int(inputs.qo_indptr[i])
+            self._seqs.append(_SeqView(start, query_len, pages[positions // page_size], positions % page_size, mask))
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self._slots, k, v)

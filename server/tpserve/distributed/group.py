@@ -80,6 +80,12 @@ class TPGroup:
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
+    def broadcast_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `tensor` into every rank's `tensor` (same shape and dtype), queued on the stream."""
+        if self.world_size > 1:
+            dist.broadcast(tensor, src=0)
+        return tensor
+
     def all_min_int(self, value: int) -> int:
         if self.world_size == 1:
             return value

@@ -45,6 +45,7 @@ class EngineConfig:
     disable_custom_all_reduce: bool = False
     enable_p2p_check: bool = False
     disable_radix_cache: bool = False
+    disable_overlap_schedule: bool = False  # plan step N+1 while step N runs unless set
     schedule_policy: str = "lpm"  # waiting-queue order: lpm (longest cached prefix first) or fcfs
 
     @property

@@ -4,11 +4,13 @@ An eager decode step of an 8B model launches ~500 small kernels from Python; at 
 waits on the host most of the time. A graph replays the whole step with one launch. Graphs fix
 shapes and addresses, so:
 - batch sizes are captured at startup for 1, 2, 4, 8, 16, 24, ... up to --cuda-graph-max-bs, and
-  a step runs on the smallest captured size that fits, padded with rows that read and write only
-  the KV cache's padding page;
-- every input lives in one static buffer (token ids, positions, then each token's K and V slot)
-  that is filled with one host-to-device copy per step, and the attention backend keeps its page
-  metadata in static buffers too (`plan_graph_decode`);
+  a step runs on the smallest captured size that fits, padded with the request tables' padding
+  row, whose pages are all the KV cache's padding page;
+- a step's host inputs (token or FROM_DEVICE, position, request row, page count per row) go into
+  one static [max_bs, 4] buffer with one host-to-device copy; inside the graph the input tokens
+  are gathered from the rows' last sampled tokens and the K/V slots from their page tables, so
+  a decode step never waits for the previous step's tokens on the host;
+- the attention backend keeps its page metadata in static buffers too (`plan_graph_decode`);
 - all graphs share one memory pool, captured largest first, so they cost about one step's
   activations (accounted before the KV cache is sized: see runner.py).
 Every rank captures the same sizes in the same order, so collectives inside the graphs match.
@@ -22,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..attention import AttentionBackend
-from ..core.batch import ForwardBatch
+from ..core.batch import ForwardBatch, StepInputs
+from ..kvcache.request_tables import RequestTables, host_tensor
 from ..models.decoder import DecoderModel
 
 log = logging.getLogger(__name__)
@@ -39,17 +43,19 @@ def graph_batch_sizes(max_bs: int) -> list[int]:
     return sorted(s for s in sizes if s <= max_bs)
 
 
-def pad_decode_batch(batch: ForwardBatch, size: int, padding_page: int) -> ForwardBatch:
-    """`batch` plus rows up to `size` that attend over one token of the padding page."""
+def pad_decode_batch(batch: ForwardBatch, size: int, padding_row: int) -> ForwardBatch:
+    """`batch` plus rows up to `size` that attend over one token of the padding row's page."""
     extra = size - batch.num_seqs
     if extra < 0:
         raise ValueError(f"batch of {batch.num_seqs} does not fit a graph of {size}")
+    ones = np.ones(extra, dtype=np.int64)
     return ForwardBatch(
-        token_ids=batch.token_ids + [0] * extra,
-        query_lens=batch.query_lens + [1] * extra,
-        context_lens=batch.context_lens + [1] * extra,
-        page_tables=batch.page_tables + [[padding_page]] * extra,
-        sample=batch.sample + [True] * extra,
+        rows=np.concatenate([batch.rows, ones * padding_row]),
+        token_ids=np.concatenate([batch.token_ids, ones * 0]),
+        query_lens=np.concatenate([batch.query_lens, ones]),
+        context_lens=np.concatenate([batch.context_lens, ones]),
+        sample=np.concatenate([batch.sample, np.ones(extra, dtype=np.bool_)]),
+        page_updates=batch.page_updates,
     )
 
 
@@ -96,25 +102,24 @@ class DecodeGraphs:
         self,
         model: DecoderModel,
         attention: AttentionBackend,
-        device: torch.device,
+        tables: RequestTables,
         max_bs: int,
         capture: GraphCapture,
     ) -> None:
         self.model = model
         self.attention = attention
+        self.tables = tables
         self.cache = attention.cache  # the graphs read and write this cache's tensors
         self.sizes = graph_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
-        # [token ids (max_bs) | positions (max_bs) | K/V slot rows (max_bs x 2)]: a step of n
-        # sequences fills the first 2 * max_bs + 2 * n entries with one copy.
-        self.inputs = torch.zeros(4 * self.max_bs, dtype=torch.int64, device=device)
-        self.token_ids = self.inputs[: self.max_bs]
-        self.positions = self.inputs[self.max_bs : 2 * self.max_bs]
-        self.slots = self.inputs[2 * self.max_bs :].view(self.max_bs, 2)
+        device = tables.device
+        # Per row: token (or FROM_DEVICE), position, request row, pages of context.
+        self.inputs = torch.zeros(self.max_bs, 4, dtype=torch.int64, device=device)
+        self.slots = torch.zeros(self.max_bs, 2, dtype=torch.int64, device=device)
         self.sample_indices = torch.arange(self.max_bs, dtype=torch.int64, device=device)
         self.captured: dict[int, _CapturedSize] = {}
         for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
-            self._stage(pad_decode_batch(_empty_batch(), size, self.cache.padding_page))
+            self._stage(pad_decode_batch(_empty_batch(), size, tables.padding_row))
             graph, logits = capture.capture(self._step_fn(size))
             self.captured[size] = _CapturedSize(graph, logits)
 
@@ -124,31 +129,47 @@ class DecodeGraphs:
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits of the sampled rows; valid until the next step."""
         size = self.sizes[bisect.bisect_left(self.sizes, batch.num_seqs)]
-        self._stage(pad_decode_batch(batch, size, self.cache.padding_page))
+        self._stage(pad_decode_batch(batch, size, self.tables.padding_row))
         captured = self.captured[size]
         captured.graph.replay()
         logits = captured.logits[: batch.num_seqs]
-        if all(batch.sample):
+        if batch.sample.all():
             return logits
-        return logits[torch.tensor([i for i, s in enumerate(batch.sample) if s], device=logits.device)]
+        return logits[torch.from_numpy(np.flatnonzero(batch.sample)).to(logits.device)]
 
     def _stage(self, padded: ForwardBatch) -> None:
         """Copy a padded batch into the static inputs and plan attention over them."""
-        size, gap = padded.num_seqs, [0] * (self.max_bs - padded.num_seqs)
-        slots = self.cache.slot_rows(*padded.kv_write_slots(self.cache.shape.page_size))
-        host = torch.tensor(padded.token_ids + gap + padded.positions() + gap + slots, dtype=torch.int64)
-        self.inputs[: len(host)].copy_(host, non_blocking=True)
-        self.attention.plan_graph_decode(padded, self.slots[:size])
+        size, page_size = padded.num_seqs, self.cache.shape.page_size
+        pages_per_row = -(-padded.context_lens // page_size)
+        host = np.stack([padded.token_ids, padded.positions(), padded.rows, pages_per_row], axis=1)
+        self.inputs[:size].copy_(host_tensor(host, self.inputs.device), non_blocking=True)
+        kv_indptr = np.zeros(size + 1, dtype=np.int64)
+        np.cumsum(pages_per_row, out=kv_indptr[1:])
+        rows, pages = self.inputs[:size, 2], self.inputs[:size, 3]
+        self.attention.plan_graph_decode(
+            StepInputs(
+                plan=padded,
+                token_ids=self.inputs[:size, 0],
+                positions=self.inputs[:size, 1],
+                slots=self.slots[:size],
+                sample_indices=self.sample_indices[:size],
+                kv_indices=self.tables.kv_indices(rows, pages, int(kv_indptr[-1])),
+                kv_indptr=kv_indptr,
+                kv_last_page_len=padded.context_lens - (pages_per_row - 1) * page_size,
+                qo_indptr=np.arange(size + 1, dtype=np.int64),
+            )
+        )
 
     def _step_fn(self, size: int) -> StepFn:
         def step() -> torch.Tensor:
-            logits: torch.Tensor = self.model(
-                self.token_ids[:size], self.positions[:size], self.sample_indices[:size], self.attention
-            )
+            host_tokens, positions, rows = self.inputs[:size, 0], self.inputs[:size, 1], self.inputs[:size, 2]
+            self.slots[:size].copy_(self.tables.slots(self.cache, rows, positions))
+            tokens = self.tables.input_tokens(host_tokens, rows)
+            logits: torch.Tensor = self.model(tokens, positions, self.sample_indices[:size], self.attention)
             return logits
 
         return step
 
 
 def _empty_batch() -> ForwardBatch:
-    return ForwardBatch(token_ids=[], query_lens=[], context_lens=[], page_tables=[], sample=[])
+    return ForwardBatch.make([], [], [], [], [])

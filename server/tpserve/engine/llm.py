@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from .config import EngineConfig
 from .launcher import EngineError, LocalRanks, with_rendezvous_port
-from .messages import AddRequest, RequestRejected, StepOutputs
+from .messages import AbortRequest, AddRequest, RequestRejected, StepOutputs
 from .sampling import SamplingParams, TokenLogprobs
 from .scheduler import CacheStats, RequestError
 
@@ -74,6 +74,12 @@ class LLM:
             self.ranks.inbox.put(AddRequest(request_id, prompt_ids, p))
             ids.append(request_id)
         return ids
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Stop generating for these requests; `wait` then returns them with finish_reason "abort"."""
+        assert self.ranks.inbox is not None
+        for request_id in request_ids:
+            self.ranks.inbox.put(AbortRequest(request_id))
 
     @property
     def pages_used(self) -> int:

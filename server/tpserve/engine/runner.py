@@ -11,12 +11,13 @@ from collections.abc import Callable
 import torch
 
 from ..attention import AttentionLayerShape, create_backend
-from ..core.batch import DeviceBatch, ForwardBatch
+from ..core.batch import ForwardBatch
 from ..core.errors import ConfigError
 from ..distributed.all_reduce import CustomAllReduceRequest, try_one_shot
 from ..distributed.group import TPGroup
 from ..distributed.status_board import Phase
 from ..kvcache.paged_cache import KVCacheShape, PagedKVCache
+from ..kvcache.request_tables import RequestTables, to_device
 from ..models.config import ModelConfig, ShardLayout, resolve_dtype
 from ..models.decoder import DecoderModel
 from ..models.weights import LoadProgress, fill_dummy
@@ -97,6 +98,7 @@ class ModelRunner:
             time.monotonic() - started,
         )
         self._clamp_context_to_cache(cache_shape.total_tokens)
+        self.tables = self._request_tables(self.kv_cache)
         if group.is_leader:
             weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
             log.info(
@@ -125,6 +127,10 @@ class ModelRunner:
                 cache_tokens,
             )
         self.max_model_len = cache_tokens
+
+    def _request_tables(self, cache: PagedKVCache) -> RequestTables:
+        pages_per_row = -(-self.max_model_len // self.config.page_size)
+        return RequestTables(self.max_running, pages_per_row, cache.padding_page, self.group.device)
 
     def _cache_shape(self, layout: ShardLayout, num_pages: int) -> KVCacheShape:
         return KVCacheShape(
@@ -167,7 +173,8 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(device)
         try:
-            graphs = DecodeGraphs(self.model, self.attention, device, max_bs, CudaGraphCapture(device))
+            tables = self._request_tables(self.attention.cache)
+            graphs = DecodeGraphs(self.model, self.attention, tables, max_bs, CudaGraphCapture(device))
         except torch.OutOfMemoryError as exc:
             raise ConfigError(
                 f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "
@@ -227,16 +234,25 @@ class ModelRunner:
 
     def forward(self, plan: ForwardBatch) -> torch.Tensor:
         """Run one step on this rank's shard; returns full-vocabulary logits of the sampled rows."""
+        self.tables.apply(plan)
         if self.graphs is not None and self.graphs.can_run(plan):
             return self.graphs.run(plan)
-        return self.forward_eager(plan)
+        return self._run_eager(plan)
 
     def forward_eager(self, plan: ForwardBatch) -> torch.Tensor:
-        """The step launched op by op (prefill steps, large batches, and comparisons)."""
-        batch = DeviceBatch.build(plan, self.group.device)
-        self.attention.plan(plan)
-        logits: torch.Tensor = self.model(batch.token_ids, batch.positions, batch.sample_indices, self.attention)
+        """The step launched op by op, never from a graph (comparisons and checks)."""
+        self.tables.apply(plan)
+        return self._run_eager(plan)
+
+    def _run_eager(self, plan: ForwardBatch) -> torch.Tensor:
+        inputs = self.tables.step_inputs(plan, self.kv_cache)
+        self.attention.plan(inputs)
+        logits: torch.Tensor = self.model(inputs.token_ids, inputs.positions, inputs.sample_indices, self.attention)
         return logits
+
+    def record_samples(self, plan: ForwardBatch, tokens: torch.Tensor) -> None:
+        """Keep the step's sampled tokens on the device: the rows' next decode step reads them."""
+        self.tables.record_samples(to_device(plan.sampled_rows(), self.group.device), tokens)
 
 
 def _available_host_memory() -> int:

@@ -52,6 +52,45 @@ class SampleResult:
     logprobs: TokenLogprobs | None
 
 
+class PendingSamples:
+    """A step's sampled tokens: on the device at once, on the host once `results` is called.
+
+    The host copies are queued behind the sampling kernels without waiting for them, so the
+    next step can be planned and launched while this one still runs (overlap scheduling).
+    """
+
+    def __init__(
+        self, tokens: torch.Tensor, logprob_rows: list[int], top_n: list[int], log_probs: torch.Tensor | None
+    ) -> None:
+        self.tokens = tokens  # [rows] on the device
+        self._logprob_rows = logprob_rows
+        self._top_n = top_n
+        device = tokens.device
+        self._host: list[torch.Tensor] = [tokens]
+        if log_probs is not None:
+            chosen = log_probs.gather(1, tokens[logprob_rows].unsqueeze(1)).squeeze(1)
+            top_values, top_ids = log_probs.topk(max(1, *top_n), dim=-1)
+            self._host += [chosen, top_values, top_ids]
+        if device.type == "cuda":
+            self._host = [t.to("cpu", non_blocking=True) for t in self._host]
+            self._ready: torch.cuda.Event | None = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._ready = None
+
+    def results(self) -> list[SampleResult]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        token_list: list[int] = self._host[0].tolist()
+        results = [SampleResult(t, None) for t in token_list]
+        if self._logprob_rows:
+            chosen, top_values, top_ids = (t.tolist() for t in self._host[1:])
+            for j, (i, n) in enumerate(zip(self._logprob_rows, self._top_n)):
+                top = list(zip(top_ids[j][:n], top_values[j][:n]))
+                results[i] = SampleResult(token_list[i], TokenLogprobs(chosen[j], top))
+        return results
+
+
 class Sampler:
     """Samples one token per row, each row with its own parameters and (optional) seeded RNG."""
 
@@ -65,24 +104,22 @@ class Sampler:
     @torch.inference_mode()
     def sample(
         self, logits: torch.Tensor, params: list[SamplingParams], rngs: list[torch.Generator | None]
-    ) -> list[SampleResult]:
-        logits = logits.float()
-        tokens = logits.argmax(dim=-1)
+    ) -> PendingSamples:
+        """Sample every row on the device; nothing here waits for the GPU."""
+        tokens = logits.argmax(dim=-1)  # in the logits' own dtype: the same maximum as in float32
         sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
         if sampled_rows:
             rows = torch.tensor(sampled_rows, device=logits.device)
-            chosen = self._sample_rows(logits[rows], [params[i] for i in sampled_rows], [rngs[i] for i in sampled_rows])
+            chosen = self._sample_rows(
+                logits[rows].float(), [params[i] for i in sampled_rows], [rngs[i] for i in sampled_rows]
+            )
             tokens[rows] = chosen
-        token_list = tokens.tolist()
         logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
-        results = [SampleResult(t, None) for t in token_list]
+        log_probs = None
         if logprob_rows:
-            log_probs = torch.log_softmax(logits, dim=-1)
-            for i in logprob_rows:
-                results[i] = SampleResult(
-                    token_list[i], _logprobs_of(log_probs[i], token_list[i], params[i].logprobs or 0)
-                )
-        return results
+            rows = torch.tensor(logprob_rows, device=logits.device)
+            log_probs = torch.log_softmax(logits[rows].float(), dim=-1)
+        return PendingSamples(tokens, logprob_rows, [params[i].logprobs or 0 for i in logprob_rows], log_probs)
 
     def _sample_rows(
         self, logits: torch.Tensor, params: list[SamplingParams], rngs: list[torch.Generator | None]
@@ -112,11 +149,3 @@ class Sampler:
             if rng is not None:
                 noise[i].exponential_(generator=rng)
         return (probs / noise).argmax(dim=-1)
-
-
-def _logprobs_of(log_probs: torch.Tensor, token: int, top_n: int) -> TokenLogprobs:
-    top: list[tuple[int, float]] = []
-    if top_n > 0:
-        values, ids = log_probs.topk(min(top_n, log_probs.shape[-1]))
-        top = list(zip(ids.tolist(), values.tolist()))
-    return TokenLogprobs(float(log_probs[token]), top)

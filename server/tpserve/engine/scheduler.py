@@ -19,7 +19,7 @@ from enum import Enum
 
 import torch
 
-from ..core.batch import ForwardBatch
+from ..core.batch import FROM_DEVICE, ForwardBatch, PageUpdates
 from ..kvcache.allocator import PageAllocator
 from ..kvcache.radix_cache import RadixCache, RadixNode
 from .sampling import SampleResult, SamplingParams, TokenLogprobs
@@ -44,9 +44,19 @@ class Sequence:
     rng: torch.Generator | None = None
     pages: list[int] = field(default_factory=list)
     nodes: list[RadixNode] = field(default_factory=list)  # locked tree nodes: the first len(nodes) pages
-    num_cached: int = 0  # tokens whose K/V are in the cache
+    num_cached: int = 0  # tokens whose K/V are in the cache or computed by a planned step
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    row: int = -1  # request row in every rank's tables while running
+    pages_sent: int = 0  # leading entries of `pages` the ranks' page tables hold
+    num_pending: int = 0  # trailing placeholders in token_ids: tokens planned but not yet sampled
+    on_device: bool = False  # its last token is (or will be) the row's sampled token on the device
+    epoch: int = 0  # bumped when it stops running: rows planned before then are stale
+
+    @property
+    def num_known(self) -> int:
+        """Tokens whose ids are known on the host."""
+        return len(self.token_ids) - self.num_pending
 
     @property
     def num_generated(self) -> int:
@@ -69,6 +79,22 @@ class StepOutput:
     token_id: int | None
     logprobs: TokenLogprobs | None
     finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class SampledRow:
+    """A row of a planned step that samples: which sequence, as of when, and into which index."""
+
+    seq: Sequence
+    epoch: int
+    token_index: int
+
+
+@dataclass(frozen=True)
+class ScheduledStep:
+    batch: ForwardBatch
+    seqs: list[Sequence]  # one per row
+    sampled: list[SampledRow]  # one per sampling row, in row order
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,7 @@ class SchedulerLimits:
 
 
 SCHEDULE_POLICIES = ("lpm", "fcfs")
+PLACEHOLDER = -1  # a token planned but not yet sampled
 # Below this many waiting requests the queue is served in arrival order: with a short queue the
 # order barely changes what is cached, and matching every waiting prompt each step is not free.
 LPM_MIN_WAITING = 4
@@ -121,6 +148,8 @@ class Scheduler:
         self._preempted_this_step = False
         self._finished_in_planning: list[StepOutput] = []
         self._step_rows: dict[str, tuple[Sequence, int]] = {}
+        self._free_rows = list(range(limits.max_running - 1, -1, -1))
+        self._last_step_prefilled = False
         self.new_token_ratio = INITIAL_NEW_TOKEN_RATIO
         self.num_preemptions = 0
         self.prefix_queried_tokens = 0
@@ -192,19 +221,35 @@ class Scheduler:
         return finished
 
     # -- planning --------------------------------------------------------------------------
-    def schedule(self) -> tuple[ForwardBatch, list[Sequence]] | None:
+    def schedule(self) -> ScheduledStep | None:
         """Choose this step's sequences and token counts; allocate their pages."""
         # This step's rows by request id: a preemption while planning takes its victim out again.
-        scheduled = self._step_rows = {}
+        self._step_rows = {}
         self._preempted_this_step = False
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
-        for seq in self._decoding():
+        has_prefill = bool(self.waiting) or any(not s.on_device for s in self._running.values())
+        has_decode = any(self._can_decode(s) for s in self._running.values())
+        # Alternate when both have work: a stream waits at most one prefill step between tokens.
+        prefill_first = has_prefill and (not has_decode or not self._last_step_prefilled)
+        kinds = [self._plan_prefill, self._plan_decode] if prefill_first else [self._plan_decode, self._plan_prefill]
+        for plan_kind in kinds:
+            plan_kind()
+            if self._step_rows:
+                self._last_step_prefilled = plan_kind == self._plan_prefill
+                return self._build_step(list(self._step_rows.values()))
+        return None
+
+    def _plan_decode(self) -> None:
+        for seq in [s for s in self._running.values() if self._can_decode(s)]:
             if seq.request_id not in self._running:
                 continue  # preempted while making room for an earlier one
             if self._grow(seq):
-                scheduled[seq.request_id] = (seq, 1)
+                self._step_rows[seq.request_id] = (seq, 1)
+
+    def _plan_prefill(self) -> None:
+        scheduled = self._step_rows
         budget = self.limits.max_prefill_length
-        for seq in self._prefilling():
+        for seq in [s for s in self._running.values() if not s.on_device]:
             if budget == 0:
                 break
             chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
@@ -227,17 +272,41 @@ class Scheduler:
             scheduled[seq.request_id] = (seq, chunk)
             budget -= chunk
             reserved += self._pages_still_needed(seq)
-        rows = list(scheduled.values())
-        if not rows:
-            return None
-        batch = ForwardBatch(
-            token_ids=[t for seq, n in rows for t in seq.token_ids[seq.num_cached : seq.num_cached + n]],
+
+    def _build_step(self, rows: list[tuple[Sequence, int]]) -> ScheduledStep:
+        """The plan of `rows`, then every row advanced as if the step had run."""
+        updates: list[tuple[int, int, list[int]]] = []
+        token_ids: list[int] = []
+        for seq, n in rows:
+            if len(seq.pages) > seq.pages_sent:
+                updates.append((seq.row, seq.pages_sent, seq.pages[seq.pages_sent :]))
+                seq.pages_sent = len(seq.pages)
+            if seq.on_device:
+                token_ids.append(FROM_DEVICE)  # the token its previous step samples
+            else:
+                token_ids += seq.token_ids[seq.num_cached : seq.num_cached + n]
+        batch = ForwardBatch.make(
+            rows=[seq.row for seq, _ in rows],
+            token_ids=token_ids,
             query_lens=[n for _, n in rows],
             context_lens=[seq.num_cached + n for seq, n in rows],
-            page_tables=[list(seq.pages) for seq, _ in rows],
             sample=[seq.num_cached + n == len(seq.token_ids) for seq, n in rows],
+            page_updates=PageUpdates.concat(updates),
         )
-        return batch, [seq for seq, _ in rows]
+        sampled: list[SampledRow] = []
+        for seq, n in rows:
+            seq.num_cached += n
+            if seq.num_cached == len(seq.token_ids):
+                sampled.append(SampledRow(seq, seq.epoch, len(seq.token_ids)))
+                seq.token_ids.append(PLACEHOLDER)
+                seq.num_pending += 1
+                seq.on_device = True
+            self._cache_full_pages(seq)
+        return ScheduledStep(batch, [seq for seq, _ in rows], sampled)
+
+    def _can_decode(self, seq: Sequence) -> bool:
+        """Its next token can be planned: it decodes and has not already planned its last one."""
+        return seq.on_device and seq.remaining_tokens(self.limits.max_model_len) > 0
 
     def _order_waiting(self) -> None:
         """Longest cached prefix first (SGLang's lpm), except overdue and preempted requests."""
@@ -254,12 +323,6 @@ class Scheduler:
             return (not first, -cached, seq.arrival_time)
 
         self.waiting = deque(sorted(self.waiting, key=priority))
-
-    def _decoding(self) -> list[Sequence]:
-        return [s for s in self._running.values() if s.num_uncached == 1 and s.num_cached > 0]
-
-    def _prefilling(self) -> list[Sequence]:
-        return [s for s in self._running.values() if s.num_uncached > 1 or s.num_cached == 0]
 
     def _pages_for(self, tokens: int) -> int:
         return -(-tokens // self.limits.page_size)
@@ -301,6 +364,8 @@ class Scheduler:
         seq.nodes = nodes
         seq.pages = [node.page for node in nodes]
         seq.num_cached = len(nodes) * self.limits.page_size
+        seq.row = self._free_rows.pop()  # at most max_running sequences run, one row each
+        seq.pages_sent = 0
         self.prefix_queried_tokens += len(seq.token_ids)
         self.prefix_hit_tokens += seq.num_cached
 
@@ -314,6 +379,8 @@ class Scheduler:
         needed = self._pages_for(seq.num_cached + 1) - len(seq.pages)
         while needed > self._capacity():
             victim = self._least_progress(besides=seq)
+            if victim is None and seq.num_pending:
+                return False  # its newest token is still being sampled: end it once that is in
             if victim is None:
                 # Alone, and the whole cache cannot hold one more token: it ends here.
                 seq.finish_reason = FinishReason.LENGTH
@@ -354,54 +421,70 @@ class Scheduler:
         self.new_token_ratio = min(1.0, self.new_token_ratio + NEW_TOKEN_RATIO_ON_PREEMPTION)
 
     def _detach(self, seq: Sequence) -> None:
-        """Give back what `seq` holds: unlock its tree pages, free its own."""
+        """Give back what `seq` holds (tree pages, its own pages, its row); forget planned tokens.
+
+        A step still in flight may write to those pages; any step that reuses them is queued
+        after it on every rank's stream, so that write can never land on someone else's tokens.
+        """
         self.pages.release(seq.pages[len(seq.nodes) :])
         if self.radix is not None:
             self.radix.unlock(seq.nodes)
+        if seq.row >= 0:
+            self._free_rows.append(seq.row)
+        del seq.token_ids[seq.num_known :]
         seq.pages = []
         seq.nodes = []
         seq.num_cached = 0
+        seq.num_pending = 0
+        seq.row = -1
+        seq.pages_sent = 0
+        seq.on_device = False
+        seq.epoch += 1
 
     def _cache_full_pages(self, seq: Sequence) -> None:
         """Put the pages `seq` has filled into the tree (shared from now on)."""
         if self.radix is None:
             return
         page_size = self.limits.page_size
-        while (len(seq.nodes) + 1) * page_size <= seq.num_cached:
+        # Pages whose K/V are computed (or queued to be) and whose token ids are all known.
+        filled = min(seq.num_cached, seq.num_known)
+        while (len(seq.nodes) + 1) * page_size <= filled:
             index = len(seq.nodes)
             key = tuple(seq.token_ids[index * page_size : (index + 1) * page_size])
             node, adopted = self.radix.insert(seq.nodes[-1] if seq.nodes else None, key, seq.pages[index])
             if not adopted:  # computed twice: keep the tree's copy, free ours
                 self.pages.release([seq.pages[index]])
                 seq.pages[index] = node.page
+                seq.pages_sent = min(seq.pages_sent, index)  # the ranks' table must follow
             self.radix.lock([node])
             seq.nodes.append(node)
 
     # -- results ---------------------------------------------------------------------------
-    def update(self, seqs: list[Sequence], batch: ForwardBatch, samples: list[SampleResult]) -> list[StepOutput]:
+    def update(self, step: ScheduledStep, samples: list[SampleResult]) -> list[StepOutput]:
+        """Record a step's sampled tokens (one per sampling row); returns what to report."""
         outputs: list[StepOutput] = []
-        sampled = iter(samples)
-        for seq, query_len, wants_sample in zip(seqs, batch.query_lens, batch.sample):
-            seq.num_cached += query_len
-            self._cache_full_pages(seq)
-            if not wants_sample:
-                continue
-            result = next(sampled)
-            seq.token_ids.append(result.token_id)
-            reason = self._finish_reason(seq, result.token_id)
+        for row, result in zip(step.sampled, samples, strict=True):
+            seq = row.seq
+            if seq.epoch != row.epoch:
+                continue  # it finished or was preempted after this step was planned
+            seq.token_ids[row.token_index] = result.token_id
+            seq.num_pending -= 1
+            reason = self._finish_reason(seq, row.token_index, result.token_id)
             if reason is not None:
                 seq.finish_reason = reason
                 self._finish(seq)
+            else:
+                self._cache_full_pages(seq)
             outputs.append(StepOutput(seq.request_id, result.token_id, result.logprobs, reason))
         return outputs
 
-    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+    def _finish_reason(self, seq: Sequence, index: int, token: int) -> FinishReason | None:
         params = seq.params
         if token in params.stop_token_ids:
             return FinishReason.STOP
         if not params.ignore_eos and token in self.limits.eos_token_ids:
             return FinishReason.STOP
-        if seq.num_generated >= params.max_tokens or len(seq.token_ids) >= self.limits.max_model_len:
+        if index + 1 - seq.prompt_len >= params.max_tokens or index + 1 >= self.limits.max_model_len:
             return FinishReason.LENGTH
         return None
 

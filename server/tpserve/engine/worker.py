@@ -12,6 +12,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,8 +35,8 @@ from .messages import (
     Stop,
 )
 from .runner import ModelRunner
-from .sampling import Sampler
-from .scheduler import RequestError, Scheduler, SchedulerLimits, Sequence
+from .sampling import PendingSamples, Sampler
+from .scheduler import RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,17 @@ def follower_loop(runner: ModelRunner, group: TPGroup) -> None:
             return
         if isinstance(message, ForwardBatch):
             runner.forward(message)
+            if message.num_sampled:
+                tokens = torch.empty(message.num_sampled, dtype=torch.int64, device=group.device)
+                runner.record_samples(message, group.broadcast_tensor(tokens))
+
+
+@dataclass
+class InFlight:
+    """A launched step whose sampled tokens have not been read back yet."""
+
+    step: ScheduledStep
+    samples: PendingSamples | None
 
 
 class LeaderLoop:
@@ -142,6 +154,8 @@ class LeaderLoop:
     ) -> None:
         self.runner = runner
         self.group = group
+        self.overlap = not config.disable_overlap_schedule
+        self.in_flight: InFlight | None = None
         self.outbox = outbox
         self.inbox = inbox
         self.sampler = Sampler(group.device, seed=config.seed)
@@ -163,13 +177,13 @@ class LeaderLoop:
     def run(self) -> None:
         last_broadcast = time.monotonic()
         while True:
-            wait = 0.0 if self.scheduler.has_work else HEARTBEAT_S
-            for message in _drain(self.inbox, wait):
+            busy = self.scheduler.has_work or self.in_flight is not None
+            for message in _drain(self.inbox, 0.0 if busy else HEARTBEAT_S):
                 if isinstance(message, Shutdown):
                     self.group.broadcast_object(Stop())
                     return
                 self._handle(message)
-            if self.scheduler.has_work:
+            if self.scheduler.has_work or self.in_flight is not None:
                 self._step()
                 last_broadcast = time.monotonic()
             elif time.monotonic() - last_broadcast >= HEARTBEAT_S:
@@ -190,16 +204,35 @@ class LeaderLoop:
                 self._report([aborted])
 
     def _step(self) -> None:
-        planned = self.scheduler.schedule()
+        """Plan and launch the next step, then read back the previous one (overlap scheduling).
+
+        With overlap the host plans step N+1 while the GPU still runs step N; without it each
+        step is read back right after its launch.
+        """
+        step = self.scheduler.schedule()
         self._report(self.scheduler.take_finished_in_planning())
-        if planned is None:
-            return
-        batch, seqs = planned
+        launched = self._launch(step) if step is not None else None
+        if self.in_flight is not None:
+            self._read_back(self.in_flight)
+        self.in_flight = launched
+        if launched is not None and not self.overlap:
+            self._read_back(launched)
+            self.in_flight = None
+
+    def _launch(self, step: ScheduledStep) -> InFlight:
+        batch = step.batch
         self.group.broadcast_object(batch)
         logits = self.runner.forward(batch)
-        sampling = [seq for seq, wants in zip(seqs, batch.sample) if wants]
-        samples = self.sampler.sample(logits, [s.params for s in sampling], [s.rng for s in sampling])
-        self._report(self.scheduler.update(seqs, batch, samples))
+        if not step.sampled:
+            return InFlight(step, None)
+        seqs = [row.seq for row in step.sampled]
+        samples = self.sampler.sample(logits, [s.params for s in seqs], [s.rng for s in seqs])
+        self.runner.record_samples(batch, self.group.broadcast_tensor(samples.tokens))
+        return InFlight(step, samples)
+
+    def _read_back(self, launched: InFlight) -> None:
+        results = launched.samples.results() if launched.samples is not None else []
+        self._report(self.scheduler.update(launched.step, results))
 
     def _report(self, outputs: list) -> None:  # type: ignore[type-arg]
         if outputs:

@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not share the KV pages of common prompt prefixes between requests",
     )
     engine.add_argument(
+        "--disable-overlap-schedule",
+        action="store_true",
+        help="plan each step after the previous one has finished instead of while it runs",
+    )
+    engine.add_argument(
         "--schedule-policy",
         default="lpm",
         choices=["lpm", "fcfs"],
@@ -221,6 +226,7 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
         disable_custom_all_reduce=ns.disable_custom_all_reduce,
         enable_p2p_check=ns.enable_p2p_check,
         disable_radix_cache=ns.disable_radix_cache,
+        disable_overlap_schedule=ns.disable_overlap_schedule,
         schedule_policy=ns.schedule_policy,
     )
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from ..core.batch import ForwardBatch
 
 
 @dataclass(frozen=True)
@@ -47,27 +43,17 @@ class PagedKVCache:
             for _ in range(shape.num_layers)
         ]
 
-    def slot_rows(self, pages: list[int], offsets: list[int]) -> list[int]:
-        """Host-side slots for tokens at (page, offset): per token its K row then its V row.
-
-        Rows index a layer seen as [(num_pages + 1) * 2 * page_size, kv_heads, head_dim], so one
-        write can store K and V of every token (see `write`).
-        """
+    def slots(self, pages: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """[tokens, 2]: the K row and V row of tokens at (page, offset), for `write`."""
         page_size = self.shape.page_size
-        rows: list[int] = []
-        for page, offset in zip(pages, offsets):
-            k_row = page * 2 * page_size + offset
-            rows += (k_row, k_row + page_size)
-        return rows
-
-    def slots_for(self, batch: ForwardBatch) -> torch.Tensor:
-        """The step's K/V slots, [tokens, 2] on the device: built once per step, used by every layer."""
-        rows = self.slot_rows(*batch.kv_write_slots(self.shape.page_size))
-        device = self.layers[0].device
-        return torch.tensor(rows, dtype=torch.int64).view(-1, 2).to(device, non_blocking=True)
+        k_rows = pages * (2 * page_size) + offsets
+        return torch.stack([k_rows, k_rows + page_size], dim=1)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store this step's k and v ([tokens, kv_heads, head_dim]) at their `slots` rows.
+
+        A layer is seen as [(num_pages + 1) * 2 * page_size, kv_heads, head_dim] rows; slots are
+        [tokens, 2] (K row, V row), as `RequestTables.slots` computes them.
 
         k and v usually are two slices of one fused QKV output: then both go in with one
         indexed write (one kernel instead of two per layer).
