@@ -28,9 +28,7 @@ def main() -> None:
     with shape_model_dir(args.shape) as model_dir:
         vocab = 32000
         prompts = [[rng.randrange(vocab) for _ in range(rng.randint(20, 400))] for _ in range(args.requests)]
-        params = [
-            SamplingParams(max_tokens=rng.randint(1, 120), temperature=0, ignore_eos=True) for _ in prompts
-        ]
+        params = [SamplingParams(max_tokens=rng.randint(1, 120), temperature=0, ignore_eos=True) for _ in prompts]
         outputs = {}
         for overlap in (True, False):
             with LLM(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -97,6 +98,7 @@ class Sampler:
     def __init__(self, device: torch.device, seed: int = 0) -> None:
         self.device = device
         self.shared_rng = torch.Generator(device=device).manual_seed(seed)
+        self._flashinfer = _flashinfer_sampling() if device.type == "cuda" else None
 
     def new_request_rng(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -127,11 +129,37 @@ class Sampler:
         device = logits.device
         temperature = torch.tensor([p.temperature for p in params], device=device, dtype=logits.dtype)
         scaled = logits / temperature.unsqueeze(1)
+        unseeded = [i for i, g in enumerate(rngs) if g is None]
+        if self._flashinfer is None or not unseeded:
+            return self._sample_sorted(scaled, params, rngs)
+        # flashinfer samples top-k/top-p by rejection, without sorting the vocabulary. A request
+        # with its own seed keeps the sorted path: its draws must not depend on its batch row.
+        vocab = scaled.shape[-1]
+        rows = torch.tensor(unseeded, device=device)
+        top_k = torch.tensor([params[i].top_k if params[i].top_k > 0 else vocab for i in unseeded], device=device)
+        top_p = torch.tensor([params[i].top_p for i in unseeded], device=device, dtype=torch.float32)
+        tokens = torch.empty(len(params), dtype=torch.int64, device=device)
+        tokens[rows] = self._flashinfer.top_k_top_p_sampling_from_logits(
+            scaled[rows], top_k.to(torch.int32), top_p, generator=self.shared_rng
+        ).long()
+        seeded = [i for i, g in enumerate(rngs) if g is not None]
+        if seeded:
+            seeded_rows = torch.tensor(seeded, device=device)
+            tokens[seeded_rows] = self._sample_sorted(
+                scaled[seeded_rows], [params[i] for i in seeded], [rngs[i] for i in seeded]
+            )
+        return tokens
+
+    def _sample_sorted(
+        self, scaled: torch.Tensor, params: list[SamplingParams], rngs: list[torch.Generator | None]
+    ) -> torch.Tensor:
+        """Top-k/top-p over the sorted vocabulary (the CPU path, and per-request seeds)."""
+        device = scaled.device
         sorted_logits, order = scaled.sort(dim=-1, descending=True)
         rank = torch.arange(scaled.shape[-1], device=device).unsqueeze(0)
         top_k = torch.tensor([p.top_k if p.top_k > 0 else scaled.shape[-1] for p in params], device=device)
         drop = rank >= top_k.unsqueeze(1)
-        top_p = torch.tensor([p.top_p for p in params], device=device, dtype=logits.dtype)
+        top_p = torch.tensor([p.top_p for p in params], device=device, dtype=scaled.dtype)
         sorted_probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         drop |= (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p.unsqueeze(1)
@@ -149,3 +177,11 @@ class Sampler:
             if rng is not None:
                 noise[i].exponential_(generator=rng)
         return (probs / noise).argmax(dim=-1)
+
+
+def _flashinfer_sampling() -> Any:
+    try:
+        import flashinfer.sampling
+    except ImportError:
+        return None
+    return flashinfer.sampling

@@ -37,6 +37,7 @@ from .messages import (
 from .runner import ModelRunner
 from .sampling import PendingSamples, Sampler
 from .scheduler import RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence
+from .step_times import StepTimes
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class LeaderLoop:
         self.group = group
         self.overlap = not config.disable_overlap_schedule
         self.in_flight: InFlight | None = None
+        self.times = StepTimes()
         self.outbox = outbox
         self.inbox = inbox
         self.sampler = Sampler(group.device, seed=config.seed)
@@ -181,6 +183,7 @@ class LeaderLoop:
             for message in _drain(self.inbox, 0.0 if busy else HEARTBEAT_S):
                 if isinstance(message, Shutdown):
                     self.group.broadcast_object(Stop())
+                    log.info("leader: %s", self.times.summary())
                     return
                 self._handle(message)
             if self.scheduler.has_work or self.in_flight is not None:
@@ -209,9 +212,12 @@ class LeaderLoop:
         With overlap the host plans step N+1 while the GPU still runs step N; without it each
         step is read back right after its launch.
         """
+        self.times.start()
         step = self.scheduler.schedule()
         self._report(self.scheduler.take_finished_in_planning())
+        self.times.lap("schedule")
         launched = self._launch(step) if step is not None else None
+        self.times.lap("launch")
         if self.in_flight is not None:
             self._read_back(self.in_flight)
         self.in_flight = launched
@@ -232,7 +238,10 @@ class LeaderLoop:
 
     def _read_back(self, launched: InFlight) -> None:
         results = launched.samples.results() if launched.samples is not None else []
+        self.times.lap("wait")
         self._report(self.scheduler.update(launched.step, results))
+        self.times.lap("update")
+        self.times.count(launched.step.batch.is_decode_only)
 
     def _report(self, outputs: list) -> None:  # type: ignore[type-arg]
         if outputs:
