@@ -7,7 +7,7 @@ shapes and addresses, so:
   a step runs on the smallest captured size that fits, padded with the request tables' padding
   row, whose pages are all the KV cache's padding page;
 - a step's host inputs (token or FROM_DEVICE, position, request row, page count per row) go into
-  one static [max_bs, 4] buffer with one host-to-device copy; inside the graph the input tokens
+  one static [4, max_bs] buffer with one host-to-device copy; inside the graph the input tokens
   are gathered from the rows' last sampled tokens and the K/V slots from their page tables, so
   a decode step never waits for the previous step's tokens on the host;
 - the attention backend keeps its page metadata in static buffers too (`plan_graph_decode`);
@@ -113,8 +113,9 @@ class DecodeGraphs:
         self.sizes = graph_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
         device = tables.device
-        # Per row: token (or FROM_DEVICE), position, request row, pages of context.
-        self.inputs = torch.zeros(self.max_bs, 4, dtype=torch.int64, device=device)
+        # Rows of [max_bs]: token (or FROM_DEVICE), position, request row, pages of context.
+        # Each a contiguous row: kernels such as flashinfer's RoPE want contiguous positions.
+        self.inputs = torch.zeros(4, self.max_bs, dtype=torch.int64, device=device)
         self.slots = torch.zeros(self.max_bs, 2, dtype=torch.int64, device=device)
         self.sample_indices = torch.arange(self.max_bs, dtype=torch.int64, device=device)
         self.captured: dict[int, _CapturedSize] = {}
@@ -141,16 +142,17 @@ class DecodeGraphs:
         """Copy a padded batch into the static inputs and plan attention over them."""
         size, page_size = padded.num_seqs, self.cache.shape.page_size
         pages_per_row = -(-padded.context_lens // page_size)
-        host = np.stack([padded.token_ids, padded.positions(), padded.rows, pages_per_row], axis=1)
-        self.inputs[:size].copy_(host_tensor(host, self.inputs.device), non_blocking=True)
+        host = np.zeros((4, self.max_bs), dtype=np.int64)  # the whole buffer: one contiguous copy
+        host[:, :size] = (padded.token_ids, padded.positions(), padded.rows, pages_per_row)
+        self.inputs.copy_(host_tensor(host, self.inputs.device), non_blocking=True)
         kv_indptr = np.zeros(size + 1, dtype=np.int64)
         np.cumsum(pages_per_row, out=kv_indptr[1:])
-        rows, pages = self.inputs[:size, 2], self.inputs[:size, 3]
+        rows, pages = self.inputs[2, :size], self.inputs[3, :size]
         self.attention.plan_graph_decode(
             StepInputs(
                 plan=padded,
-                token_ids=self.inputs[:size, 0],
-                positions=self.inputs[:size, 1],
+                token_ids=self.inputs[0, :size],
+                positions=self.inputs[1, :size],
                 slots=self.slots[:size],
                 sample_indices=self.sample_indices[:size],
                 kv_indices=self.tables.kv_indices(rows, pages, int(kv_indptr[-1])),
@@ -162,7 +164,7 @@ class DecodeGraphs:
 
     def _step_fn(self, size: int) -> StepFn:
         def step() -> torch.Tensor:
-            host_tokens, positions, rows = self.inputs[:size, 0], self.inputs[:size, 1], self.inputs[:size, 2]
+            host_tokens, positions, rows = self.inputs[0, :size], self.inputs[1, :size], self.inputs[2, :size]
             self.slots[:size].copy_(self.tables.slots(self.cache, rows, positions))
             tokens = self.tables.input_tokens(host_tokens, rows)
             logits: torch.Tensor = self.model(tokens, positions, self.sample_indices[:size], self.attention)
