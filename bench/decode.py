@@ -65,12 +65,10 @@ class Modes:
         # The same step with the torch reference ops instead of the fused kernels.
         if fused_kernels(group.device, runner.dtype) is not None:
             with reference_ops(runner.model):
-                self.graphs["graph-unfused"] = DecodeGraphs(
-                    runner.model, runner.attention, runner.tables, max_bs, capture
-                )
+                self.graphs["graph-unfused"] = runner.decode_graphs(max_bs, capture)
         if group.world_size > 1 and group.small_all_reduce is not None:
             fast, group.small_all_reduce = group.small_all_reduce, None
-            self.graphs["graph-nccl"] = DecodeGraphs(runner.model, runner.attention, runner.tables, max_bs, capture)
+            self.graphs["graph-nccl"] = runner.decode_graphs(max_bs, capture)
             group.small_all_reduce = fast
         self.names = ["eager", *self.graphs]
 

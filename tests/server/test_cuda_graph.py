@@ -18,7 +18,7 @@ import torch
 from tpserve.core.batch import ForwardBatch
 from tpserve.distributed.group import TPGroup
 from tpserve.engine.config import EngineConfig
-from tpserve.engine.cuda_graph import DecodeGraphs, StepFn, graph_batch_sizes, pad_decode_batch
+from tpserve.engine.cuda_graph import StepFn, graph_batch_sizes, pad_decode_batch
 from tpserve.engine.runner import ModelRunner
 from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
 from tpserve.kvcache.request_tables import RequestTables
@@ -105,7 +105,9 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
         assert args[0].is_contiguous(), "the model got strided positions"
 
     hook = runner.model.rotary.register_forward_pre_hook(contiguous_positions)
-    graphs = DecodeGraphs(runner.model, runner.attention, runner.tables, max_bs=6, capture=recorder)
+    # The runner's own graphs, as it captures them on a GPU: they must read the page tables its
+    # `forward` updates (a graph over other tables decodes from the padding page).
+    runner.graphs = graphs = runner.decode_graphs(6, recorder)
     assert recorder.recorded == [6, 4, 2, 1]  # largest first, so smaller graphs share its pool
     rng = random.Random(0)
     for batch_size in (1, 3, 5, 6, 2):
@@ -118,9 +120,8 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
             sample=[True] * batch_size,
         )
         assert graphs.can_run(decode)
-        runner.tables.apply(decode)
         cache_before = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
-        replayed = graphs.run(decode).clone()
+        replayed = runner.forward(decode).clone()  # decode-only and fits: replayed
         cache_after_replay = [layer[: runner.kv_cache.padding_page].clone() for layer in runner.kv_cache.layers]
         eager = runner.forward_eager(decode)
         assert replayed.shape == eager.shape == (batch_size, runner.model_config.vocab_size)
@@ -130,10 +131,11 @@ def test_replayed_decode_equals_eager_decode_at_every_batch_size(runner: ModelRu
             torch.testing.assert_close(after, layer[: runner.kv_cache.padding_page], rtol=1e-12, atol=1e-12)
             assert not torch.equal(before, after)
     hook.remove()
+    runner.graphs = None
 
 
 def test_prefill_and_oversized_batches_stay_eager(runner: ModelRunner) -> None:
-    graphs = DecodeGraphs(runner.model, runner.attention, runner.tables, max_bs=2, capture=ReplayByRerun())
+    graphs = runner.decode_graphs(2, ReplayByRerun())
     prefill = ForwardBatch.fresh([1, 2, 3], [3], [3], [[0]], [True])
     too_many = ForwardBatch.fresh([1, 2, 3], [1, 1, 1], [2, 2, 2], [[0], [1], [2]], [True] * 3)
     assert not graphs.can_run(prefill) and not graphs.can_run(too_many)

@@ -22,7 +22,7 @@ from ..models.config import ModelConfig, ShardLayout, resolve_dtype
 from ..models.decoder import DecoderModel
 from ..models.weights import LoadProgress, fill_dummy
 from .config import EngineConfig
-from .cuda_graph import CudaGraphCapture, DecodeGraphs
+from .cuda_graph import CudaGraphCapture, DecodeGraphs, GraphCapture
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ class ModelRunner:
                 scale=model_config.head_dim**-0.5,
             ),
         )
+        # One set of request tables for the engine's life: the decode graphs capture their
+        # addresses, and every step's page updates must land where the graphs read.
+        self.tables = self._request_tables(self.attention.cache)
         use_graphs = config.use_cuda_graph and self._graphs_supported()
         graph_max_bs = min(config.cuda_graph_max_bs, self.max_running)
         graph_reserve = self._graph_memory_bytes(graph_max_bs) if use_graphs else 0
@@ -98,7 +101,7 @@ class ModelRunner:
             time.monotonic() - started,
         )
         self._clamp_context_to_cache(cache_shape.total_tokens)
-        self.tables = self._request_tables(self.kv_cache)
+        self.tables.reset(self.kv_cache.padding_page)  # the probe cache's padding page is gone
         if group.is_leader:
             weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
             log.info(
@@ -173,8 +176,7 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(device)
         try:
-            tables = self._request_tables(self.attention.cache)
-            graphs = DecodeGraphs(self.model, self.attention, tables, max_bs, CudaGraphCapture(device))
+            graphs = self.decode_graphs(max_bs, CudaGraphCapture(device))
         except torch.OutOfMemoryError as exc:
             raise ConfigError(
                 f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "
@@ -183,6 +185,10 @@ class ModelRunner:
         torch.cuda.synchronize(device)
         free_after, _ = torch.cuda.mem_get_info(device)
         return graphs, free_before - free_after
+
+    def decode_graphs(self, max_bs: int, capture: GraphCapture) -> DecodeGraphs:
+        """Decode graphs over this runner's model, attention backend and request tables."""
+        return DecodeGraphs(self.model, self.attention, self.tables, max_bs, capture)
 
     def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
         started = time.monotonic()

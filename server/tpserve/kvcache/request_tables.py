@@ -29,6 +29,11 @@ class RequestTables:
         self.page_table = torch.full((max_rows + 1, max_pages_per_row), padding_page, dtype=torch.int32, device=device)
         self.last_tokens = torch.zeros(max_rows + 1, dtype=torch.int64, device=device)
 
+    def reset(self, padding_page: int) -> None:
+        """Forget every row, in place (captured graphs keep reading these same tensors)."""
+        self.page_table.fill_(padding_page)
+        self.last_tokens.zero_()
+
     def apply(self, plan: ForwardBatch) -> None:
         """Write the plan's page-table changes (one copy and one indexed store)."""
         updates = plan.page_updates
