@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
-# GPU run (one H200) for the engine work: overlap exactness, then tpserve beside Mini-SGLang.
-#   bash bench/gpu_engine.sh OUT_DIR DEADLINE_S [PEER_PART...]
-# Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers) carried.
-# PEER_PART as in .peer/run.sh (default: q:tpserve q:minisgl l:tpserve l:minisgl); set
-# GPU_CHECKS=0 to skip the checks, GPU_PREFIX=1 to add bench/prefix.py on the GPU.
+# GPU run (one H200) for the engine work: tpserve beside Mini-SGLang first (the claim), then the
+# checks and the other benchmarks while time is left.
+#   bash bench/gpu_engine.sh OUT_DIR DEADLINE_S [STEP...]
+# Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers, with jit.tgz
+# from an earlier call when there is one) carried. STEP (default: all, in this order):
+#   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
+#   graphs     bench/check_cuda_graph.py (graph vs eager decode)
+#   overlap    bench/check_overlap.py (overlap on and off, same tokens)
+#   memory     bench/check_memory.py (largest steps at the default memory fraction)
+#   decode     bench/decode.py at tp=1 (TPOT against the HBM roofline)
+#   prefix     bench/prefix.py, Llama-3.1-8B shape, radix cache on and off
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
 out=$1; deadline=$2; shift 2
-parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(q:tpserve q:minisgl l:tpserve l:minisgl)
-gpu_setup "$out"
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(peer graphs overlap memory decode prefix)
+gpu_setup "$out" > /dev/null
 export TVM_FFI_CUDA_ARCH_LIST=9.0 TOKENIZERS_PARALLELISM=false
 [ -f .peer/jit.tgz ] && tar xzf .peer/jit.tgz -C "$HOME" && echo "restored JIT caches"
-if [ "${GPU_CHECKS:-1}" = 1 ]; then
-    gpu_step check_cuda_graph 150 python3 bench/check_cuda_graph.py
-    gpu_step check_overlap 150 python3 bench/check_overlap.py
-fi
-if [ "${GPU_PREFIX:-0}" = 1 ]; then
-    gpu_step prefix 200 python3 bench/prefix.py --device cuda --dtype bfloat16 --attn fi \
-        --shape bench/shapes/llama-3.1-8b.json --prompts 32 --questions 16 --system-len 2048 \
-        --question-len 32 --output-len 32 --conversations 32 --turns 6
-fi
-left=$((deadline - SECONDS - 15))
-bash .peer/run.sh "$out/peer" "$left" "${parts[@]}"
+
+# run NAME LIMIT CMD...: skipped when less than LIMIT seconds are left before the deadline.
+run() {
+    local name=$1 limit=$2; shift 2
+    if [ $((deadline - SECONDS)) -lt "$limit" ]; then echo "== $name SKIPPED: $((deadline - SECONDS))s left"; return; fi
+    gpu_step "$name" "$limit" "$@"
+}
+
+for step in "${steps[@]}"; do
+    case $step in
+    peer) bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) q:tpserve q:minisgl l:tpserve l:minisgl 2>&1 |
+        grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
+    graphs) GPU_TAIL=10 run check_cuda_graph 90 python3 bench/check_cuda_graph.py ;;
+    overlap) GPU_TAIL=4 run check_overlap 120 python3 bench/check_overlap.py ;;
+    memory) GPU_TAIL=4 run check_memory 150 python3 bench/check_memory.py ;;
+    decode) GPU_TAIL=12 run decode 120 python3 bench/decode.py --tp 1 --batches 1,8,64 --json "$out/decode.json" ;;
+    prefix) GPU_TAIL=6 run prefix 150 python3 bench/prefix.py --device cuda --dtype bfloat16 --attn fi \
+        --shape bench/shapes/llama-3.1-8b.json --prompts 32 --questions 8 --system-len 2048 \
+        --question-len 32 --output-len 32 --conversations 32 --turns 6 ;;
+    *) echo "unknown step $step" ;;
+    esac
+done

@@ -23,12 +23,14 @@ from ..models.decoder import DecoderModel
 from ..models.weights import LoadProgress, fill_dummy
 from .config import EngineConfig
 from .cuda_graph import CudaGraphCapture, DecodeGraphs, GraphCapture
+from .memory_probe import step_peak_bytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING = 256
 GRAPH_MEMORY_HEADROOM = 1.1
 GRAPH_MEMORY_FIXED_BYTES = 256 * 2**20  # allocator rounding, NCCL/one-shot buffers first touched at capture
+STEP_MEMORY_HEADROOM = 1.2  # the caching allocator's fragmentation around the measured peak
 
 
 class ModelRunner:
@@ -90,7 +92,10 @@ class ModelRunner:
         use_graphs = config.use_cuda_graph and self._graphs_supported()
         graph_max_bs = min(config.cuda_graph_max_bs, self.max_running)
         graph_reserve = self._graph_memory_bytes(graph_max_bs) if use_graphs else 0
-        cache_shape = self._cache_shape(layout, num_pages=self._agreed_num_pages(layout, graph_reserve))
+        self.step_reserve = self._step_memory_bytes() if group.device.type == "cuda" else 0
+        cache_shape = self._cache_shape(
+            layout, num_pages=self._agreed_num_pages(layout, graph_reserve + self.step_reserve)
+        )
         self.attention.bind(PagedKVCache(cache_shape, self.dtype, group.device))  # frees the probe
         self.kv_cache = self.attention.cache
         log.info(
@@ -105,12 +110,15 @@ class ModelRunner:
         if group.is_leader:
             weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
             log.info(
-                "weights %.2f GiB per rank; KV cache %d pages, %d tokens; %d requests at the full context of %d",
+                "weights %.2f GiB per rank; KV cache %d pages, %d tokens; %d requests at the full context of %d; "
+                "%.2f GiB kept for a step's activations and sampling, %.2f GiB for CUDA graphs",
                 weight_bytes / 2**30,
                 cache_shape.num_pages,
                 cache_shape.total_tokens,
                 cache_shape.total_tokens // self.max_model_len,
                 self.max_model_len,
+                self.step_reserve / 2**30,
+                graph_reserve / 2**30,
             )
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
@@ -153,6 +161,20 @@ class ModelRunner:
             self.config.attention_backend,
         )
         return False
+
+    def _step_memory_bytes(self) -> int:
+        """The largest step's transient memory (memory_probe.py), measured over the probe cache."""
+        peak = step_peak_bytes(
+            self.group.device,
+            self.forward_eager,
+            prefill_tokens=min(self.config.max_prefill_length, self.max_model_len),
+            page_size=self.config.page_size,
+            sample_rows=self.max_running,
+            vocab_size=self.model_config.vocab_size,
+            logits_dtype=self.dtype,
+        )
+        self.tables.reset(self.attention.cache.padding_page)
+        return int(peak * STEP_MEMORY_HEADROOM)
 
     def _graph_memory_bytes(self, max_bs: int) -> int:
         """Device memory the decode graphs take, measured by capturing them over the probe cache.

@@ -1,0 +1,51 @@
+"""How much device memory one serving step can take beyond weights, KV cache and graphs.
+
+The KV cache takes what `--mem-fraction-static` leaves, so anything a step allocates later must
+be set aside first, or a long prompt arriving while the server is full runs it out of memory
+mid-serving. The worst step is measured, not estimated: before the cache is sized, every rank runs
+a prefill of `--max-prefill-length` tokens over the one-page probe cache (every position on page
+0: the values are garbage, the activations real), and rank 0's sampler samples a full batch of
+`--max-running-requests` rows by its costliest path (top-k/top-p over the sorted vocabulary, with
+the most log-probabilities the API hands out).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import torch
+
+from ..core.batch import ForwardBatch
+from .sampling import Sampler, SamplingParams
+
+MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit for top_logprobs
+
+
+def step_peak_bytes(
+    device: torch.device,
+    forward_eager: Callable[[ForwardBatch], torch.Tensor],
+    prefill_tokens: int,
+    page_size: int,
+    sample_rows: int,
+    vocab_size: int,
+    logits_dtype: torch.dtype,
+) -> int:
+    """Peak bytes allocated by the largest prefill step and the largest sampling, above what is resident."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    pages = -(-prefill_tokens // page_size)
+    forward_eager(ForwardBatch.fresh([0] * prefill_tokens, [prefill_tokens], [prefill_tokens], [[0] * pages], [True]))
+    logits = torch.zeros(sample_rows, vocab_size, dtype=logits_dtype, device=device)
+    sampler = Sampler(device)
+    seeded = sampler.new_request_rng(0)  # a seeded row takes the sorted path, the largest
+    params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50, logprobs=MAX_TOP_LOGPROBS)] * sample_rows
+    sampler.sample(logits, params, [seeded] * sample_rows).results()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - resident
+    del logits
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
