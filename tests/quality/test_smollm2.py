@@ -81,3 +81,35 @@ def test_server_answers_a_chat_from_the_gguf(model_path: Path, tmp_path: Path) -
         assert reply.choices[0].finish_reason == "stop"
     finally:
         server.stop()
+
+
+# A multiple-choice set scored by log-likelihood, as evaluation harnesses score one: the option
+# whose tokens are most likely after the question wins. Chance is 1 in 4.
+MULTIPLE_CHOICE = [
+    ("The capital of France is", [" Paris", " Rome", " Berlin", " Madrid"]),
+    ("The sun rises in the", [" east", " west", " north", " south"]),
+    ("Two plus two equals", [" four", " seven", " ten", " one"]),
+    ("On a clear day the sky is", [" blue", " green", " red", " purple"]),
+    ("A cat says", [" meow", " moo", " quack", " oink"]),
+    ("Ice is frozen", [" water", " sand", " iron", " wood"]),
+    ("The opposite of hot is", [" cold", " loud", " tall", " fast"]),
+    ("A week has seven", [" days", " cars", " trees", " songs"]),
+]
+
+
+def test_multiple_choice_by_prompt_log_likelihood(llm: LLM) -> None:
+    assert llm.tokenizer is not None
+    prompts, spans = [], []
+    for question, options in MULTIPLE_CHOICE:
+        context = llm.tokenizer.encode(question)
+        for option in options:
+            prompts.append(context + llm.tokenizer.encode(option, add_special_tokens=False))
+            spans.append(len(context))
+    outputs = llm.generate(prompts, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))
+    scores = [
+        sum(entry.token_logprob for entry in out.prompt_logprobs[start:] if entry is not None)
+        for out, start in zip(outputs, spans)
+    ]
+    per_question = [scores[i : i + 4] for i in range(0, len(scores), 4)]
+    correct = sum(own.index(max(own)) == 0 for own in per_question)  # the first option is the right one
+    assert correct >= 6, f"{correct} of {len(MULTIPLE_CHOICE)} right by log-likelihood (chance: 2)"

@@ -10,10 +10,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
 from tpserve import LLM, SamplingParams
 
 from .server_process import ServerProcess, poll_until
+from .test_prompt_logprobs import hf_prompt_logprobs
 
 API_KEY = "test-key"
 PROMPTS = [f"Tensor parallelism number {i}: " for i in range(32)]
@@ -265,6 +267,44 @@ def test_prefix_cache_metrics_count_a_shared_prompt(server: ServerProcess, clien
     assert metric(server, "tpserve_kv_cache_pages_used") == 0, "but no request holds them"
     assert metric(server, "tpserve_num_preemptions_total") >= 0
     assert metric(server, "tpserve_prefix_cache_evicted_pages_total") >= 0
+
+
+def test_echo_scores_the_prompt_like_transformers(client: openai.OpenAI, model_dir: Path) -> None:
+    """What lm-evaluation-harness sends to score a continuation: echo, logprobs, max_tokens 0."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    ids = tokenizer.encode("Tensor parallelism splits every layer across ranks of one group")
+    response = client.completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=2, temperature=0)
+    [choice] = response.choices
+    assert choice.text == tokenizer.decode(ids)
+    assert response.usage is not None and response.usage.completion_tokens == 0
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.token_logprobs is not None and logprobs.top_logprobs is not None
+    assert len(logprobs.token_logprobs) == len(ids)
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    expected = hf_prompt_logprobs(model_dir, ids)
+    for j in range(1, len(ids)):
+        assert logprobs.token_logprobs[j] == pytest.approx(float(expected[j - 1][ids[j]]), abs=1e-4)
+        assert len(logprobs.top_logprobs[j]) <= 2
+    # With tokens to generate, the greedy continuation follows the echoed prompt.
+    longer = client.completions.create(model="tiny", prompt=ids, max_tokens=3, echo=True, logprobs=0, **greedy())
+    plain = client.completions.create(model="tiny", prompt=ids, max_tokens=3, **greedy())
+    echoed = longer.choices[0]
+    assert echoed.text == tokenizer.decode(ids) + plain.choices[0].text
+    assert echoed.logprobs is not None and echoed.logprobs.token_logprobs is not None
+    assert len(echoed.logprobs.token_logprobs) == len(ids) + 3
+    assert echoed.logprobs.token_logprobs[1 : len(ids)] == pytest.approx(logprobs.token_logprobs[1:], abs=1e-4)
+
+
+def test_vllm_prompt_logprobs_extension(client: openai.OpenAI, model_dir: Path) -> None:
+    ids = [5, 6, 7, 8, 9, 10]
+    response = client.completions.create(model="tiny", prompt=ids, max_tokens=1, extra_body={"prompt_logprobs": 1})
+    entries = (response.choices[0].model_extra or {})["prompt_logprobs"]
+    expected = hf_prompt_logprobs(model_dir, ids)
+    assert entries[0] is None and len(entries) == len(ids)
+    for j in range(1, len(ids)):
+        assert entries[j][str(ids[j])]["logprob"] == pytest.approx(float(expected[j - 1][ids[j]]), abs=1e-4)
+        best = int(expected[j - 1].argmax())
+        assert entries[j][str(best)]["rank"] == 1
 
 
 # -- bad input -----------------------------------------------------------------------------------

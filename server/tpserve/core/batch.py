@@ -79,6 +79,8 @@ class ForwardBatch:
     context_lens: IntArray
     sample: npt.NDArray[np.bool_]  # whether sequence i's last token produces a next token this step
     page_updates: PageUpdates = field(default_factory=PageUpdates)
+    # Per row, how many of its first query tokens also need their logits (prompt log-probabilities).
+    prompt_logits: IntArray = field(default_factory=lambda: _ints([]))
 
     @staticmethod
     def make(
@@ -88,14 +90,17 @@ class ForwardBatch:
         context_lens: object,
         sample: object,
         page_updates: PageUpdates | None = None,
+        prompt_logits: object = None,
     ) -> ForwardBatch:
+        query = _ints(query_lens)
         return ForwardBatch(
             rows=_ints(rows),
             token_ids=_ints(token_ids),
-            query_lens=_ints(query_lens),
+            query_lens=query,
             context_lens=_ints(context_lens),
             sample=np.asarray(sample, dtype=np.bool_).reshape(-1),
             page_updates=page_updates or PageUpdates(),
+            prompt_logits=np.zeros_like(query) if prompt_logits is None else _ints(prompt_logits),
         )
 
     @staticmethod
@@ -147,6 +152,21 @@ class ForwardBatch:
     def sample_token_indices(self) -> IntArray:
         """Index, in the flattened token axis, of the last token of each sampling sequence."""
         return (np.cumsum(self.query_lens) - 1)[self.sample]
+
+    @property
+    def num_prompt_logits(self) -> int:
+        return int(self.prompt_logits.sum())
+
+    def logit_token_indices(self) -> IntArray:
+        """The tokens whose logits the step returns: every sampling row's last, then the prompt rows'."""
+        sampled = self.sample_token_indices()
+        if not self.num_prompt_logits:
+            return sampled
+        extra = self.prompt_logits
+        first_token = np.cumsum(self.query_lens) - self.query_lens
+        first_extra = np.cumsum(extra) - extra
+        offsets = np.arange(self.num_prompt_logits, dtype=np.int64) - np.repeat(first_extra, extra)
+        return np.concatenate([sampled, np.repeat(first_token, extra) + offsets])
 
     def sampled_rows(self) -> IntArray:
         return self.rows[self.sample]

@@ -56,6 +56,7 @@ def pad_decode_batch(batch: ForwardBatch, size: int, padding_row: int) -> Forwar
         context_lens=np.concatenate([batch.context_lens, ones]),
         sample=np.concatenate([batch.sample, np.ones(extra, dtype=np.bool_)]),
         page_updates=batch.page_updates,
+        prompt_logits=np.concatenate([batch.prompt_logits, ones * 0]),
     )
 
 
@@ -134,9 +135,10 @@ class DecodeGraphs:
         captured = self.captured[size]
         captured.graph.replay()
         logits = captured.logits[: batch.num_seqs]
-        if batch.sample.all():
+        if batch.sample.all() and not batch.num_prompt_logits:
             return logits
-        return logits[torch.from_numpy(np.flatnonzero(batch.sample)).to(logits.device)]
+        # One token per row: a row's token index is its row index.
+        return logits[torch.from_numpy(batch.logit_token_indices()).to(logits.device)]
 
     def _stage(self, padded: ForwardBatch) -> None:
         """Copy a padded batch into the static inputs and plan attention over them."""

@@ -24,6 +24,8 @@ class Completion:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # With SamplingParams(prompt_logprobs=K): one entry per prompt token, None for the first.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 class LLM:
@@ -70,7 +72,10 @@ class LLM:
         for prompt, p in zip(prompt_list, params_list):
             prompt_ids = self._encode(prompt)
             request_id = f"offline-{next(self._ids)}"
-            self._requests[request_id] = Completion(prompt_ids, p)
+            completion = Completion(prompt_ids, p)
+            if p.prompt_logprobs is not None:
+                completion.prompt_logprobs = [None]
+            self._requests[request_id] = completion
             self.ranks.inbox.put(AddRequest(request_id, prompt_ids, p))
             ids.append(request_id)
         return ids
@@ -135,6 +140,8 @@ class LLM:
                     completion.token_ids.append(out.token_id)
                 if out.logprobs is not None:
                     completion.logprobs.append(out.logprobs)
+                if out.prompt_logprobs and completion.prompt_logprobs is not None:
+                    completion.prompt_logprobs.extend(out.prompt_logprobs)
                 if out.finish_reason is not None:
                     completion.finish_reason = out.finish_reason.value
         self.ranks.raise_if_failed()

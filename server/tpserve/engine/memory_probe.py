@@ -11,13 +11,16 @@ the most log-probabilities the API hands out).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..core.batch import ForwardBatch
-from .sampling import Sampler, SamplingParams
+from .sampling import PendingPromptLogprobs, Sampler, SamplingParams
+from .scheduler import PROMPT_LOGPROBS_CHUNK
 
 MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit for top_logprobs
 
@@ -37,7 +40,14 @@ def step_peak_bytes(
     resident = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     pages = -(-prefill_tokens // page_size)
-    forward_eager(ForwardBatch.fresh([0] * prefill_tokens, [prefill_tokens], [prefill_tokens], [[0] * pages], [True]))
+    # With the most prompt positions whose logits one step returns (a prompt_logprobs request).
+    prompt_rows = min(PROMPT_LOGPROBS_CHUNK, prefill_tokens - 1)
+    step = ForwardBatch.fresh([0] * prefill_tokens, [prefill_tokens], [prefill_tokens], [[0] * pages], [True])
+    step = dataclasses.replace(step, prompt_logits=np.asarray([prompt_rows], dtype=np.int64))
+    logits = forward_eager(step)
+    targets = torch.zeros(prompt_rows, dtype=torch.int64, device=device)
+    PendingPromptLogprobs(logits[1:], targets, MAX_TOP_LOGPROBS).results()
+    del logits
     logits = torch.zeros(sample_rows, vocab_size, dtype=logits_dtype, device=device)
     sampler = Sampler(device)
     seeded = sampler.new_request_rng(0)  # a seeded row takes the sorted path, the largest

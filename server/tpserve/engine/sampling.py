@@ -18,6 +18,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: chosen token's logprob and the top N
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first
 
     def __post_init__(self) -> None:
         # Tuples keep the dataclass hashable and picklable whatever the caller passed.
@@ -35,6 +36,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 (disabled) or >= 0, got {self.top_k}")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise ValueError(f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -90,6 +93,43 @@ class PendingSamples:
                 top = list(zip(top_ids[j][:n], top_values[j][:n]))
                 results[i] = SampleResult(token_list[i], TokenLogprobs(chosen[j], top))
         return results
+
+
+class PendingPromptLogprobs:
+    """Log-probabilities of known next tokens (prompt tokens) and their top alternatives.
+
+    Computed on the device in slices of rows (a chunk's float32 log-softmax over the vocabulary
+    would be gigabytes at once) and copied back without waiting, like PendingSamples.
+    """
+
+    ROWS_PER_SLICE = 256
+
+    def __init__(self, logits: torch.Tensor, targets: torch.Tensor, top_n: int) -> None:
+        chosen, values, ids = [], [], []
+        for start in range(0, logits.shape[0], self.ROWS_PER_SLICE):
+            rows = slice(start, start + self.ROWS_PER_SLICE)
+            log_probs = torch.log_softmax(logits[rows].float(), dim=-1)
+            chosen.append(log_probs.gather(1, targets[rows].unsqueeze(1)).squeeze(1))
+            if top_n:
+                top_values, top_ids = log_probs.topk(top_n, dim=-1)
+                values.append(top_values)
+                ids.append(top_ids)
+        self.top_n = top_n
+        self._host = [torch.cat(chosen)] + ([torch.cat(values), torch.cat(ids)] if top_n else [])
+        self._ready: torch.cuda.Event | None = None
+        if logits.device.type == "cuda":
+            self._host = [t.to("cpu", non_blocking=True) for t in self._host]
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def results(self) -> list[TokenLogprobs]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        chosen: list[float] = self._host[0].tolist()
+        if not self.top_n:
+            return [TokenLogprobs(c) for c in chosen]
+        values, ids = self._host[1].tolist(), self._host[2].tolist()
+        return [TokenLogprobs(c, list(zip(i, v))) for c, i, v in zip(chosen, ids, values)]
 
 
 class Sampler:

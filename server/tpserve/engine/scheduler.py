@@ -52,6 +52,7 @@ class Sequence:
     num_pending: int = 0  # trailing placeholders in token_ids: tokens planned but not yet sampled
     on_device: bool = False  # its last token is (or will be) the row's sampled token on the device
     epoch: int = 0  # bumped when it stops running: rows planned before then are stale
+    prompt_logprobs_sent: int = 1  # prompt tokens before this index have had their logprob reported
 
     @property
     def num_known(self) -> int:
@@ -79,6 +80,7 @@ class StepOutput:
     token_id: int | None
     logprobs: TokenLogprobs | None
     finish_reason: FinishReason | None
+    prompt_logprobs: list[TokenLogprobs] | None = None  # the next prompt tokens' (no token then)
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,26 @@ class SampledRow:
 
 
 @dataclass(frozen=True)
+class PromptRow:
+    """A row whose first `count` positions give the log-probabilities of prompt tokens."""
+
+    seq: Sequence
+    epoch: int
+    first_token: int  # the prompt token the row's first position predicts
+    count: int
+
+
+@dataclass(frozen=True)
 class ScheduledStep:
     batch: ForwardBatch
     seqs: list[Sequence]  # one per row
     sampled: list[SampledRow]  # one per sampling row, in row order
+    prompt_rows: list[PromptRow] = field(default_factory=list)
+    prompt_targets: list[int] = field(default_factory=list)  # the token each prompt position predicts
+
+    @property
+    def prompt_top_n(self) -> int:
+        return max((row.seq.params.prompt_logprobs or 0 for row in self.prompt_rows), default=0)
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,10 @@ PLACEHOLDER = -1  # a token planned but not yet sampled
 # order barely changes what is cached, and matching every waiting prompt each step is not free.
 LPM_MIN_WAITING = 4
 
+
+# A request wanting prompt log-probabilities prefills at most this many tokens a step: each of
+# them adds a row of full-vocabulary logits to the step.
+PROMPT_LOGPROBS_CHUNK = 1024
 
 # The share of its remaining max_tokens a running sequence is expected to still generate, as
 # SGLang estimates it: start cautious, decay as sequences finish early, back up on a preemption.
@@ -252,7 +274,7 @@ class Scheduler:
         for seq in [s for s in self._running.values() if not s.on_device]:
             if budget == 0:
                 break
-            chunk = self._reserve_chunk(seq, min(seq.num_uncached, budget))
+            chunk = self._reserve_chunk(seq, min(self._chunk_wanted(seq), budget))
             if chunk:
                 scheduled[seq.request_id] = (seq, chunk)
                 budget -= chunk
@@ -285,6 +307,7 @@ class Scheduler:
                 token_ids.append(FROM_DEVICE)  # the token its previous step samples
             else:
                 token_ids += seq.token_ids[seq.num_cached : seq.num_cached + n]
+        prompt_logits, prompt_rows, prompt_targets = self._prompt_logit_rows(rows)
         batch = ForwardBatch.make(
             rows=[seq.row for seq, _ in rows],
             token_ids=token_ids,
@@ -292,6 +315,7 @@ class Scheduler:
             context_lens=[seq.num_cached + n for seq, n in rows],
             sample=[seq.num_cached + n == len(seq.token_ids) for seq, n in rows],
             page_updates=PageUpdates.concat(updates),
+            prompt_logits=prompt_logits,
         )
         sampled: list[SampledRow] = []
         for seq, n in rows:
@@ -302,7 +326,28 @@ class Scheduler:
                 seq.num_pending += 1
                 seq.on_device = True
             self._cache_full_pages(seq)
-        return ScheduledStep(batch, [seq for seq, _ in rows], sampled)
+        return ScheduledStep(batch, [seq for seq, _ in rows], sampled, prompt_rows, prompt_targets)
+
+    def _prompt_logit_rows(self, rows: list[tuple[Sequence, int]]) -> tuple[list[int], list[PromptRow], list[int]]:
+        """Per row the positions whose logits give prompt log-probabilities (position i: token i + 1)."""
+        counts: list[int] = []
+        prompt_rows: list[PromptRow] = []
+        targets: list[int] = []
+        for seq, n in rows:
+            start = seq.num_cached
+            count = 0
+            if seq.params.prompt_logprobs is not None and not seq.on_device:
+                count = max(0, min(start + n, seq.prompt_len - 1) - start)
+            counts.append(count)
+            if count:
+                prompt_rows.append(PromptRow(seq, seq.epoch, start + 1, count))
+                targets += seq.token_ids[start + 1 : start + 1 + count]
+        return counts, prompt_rows, targets
+
+    def _chunk_wanted(self, seq: Sequence) -> int:
+        if seq.params.prompt_logprobs is not None and seq.num_cached < seq.prompt_len:
+            return min(seq.num_uncached, PROMPT_LOGPROBS_CHUNK)
+        return seq.num_uncached
 
     def _can_decode(self, seq: Sequence) -> bool:
         """Its next token can be planned: it decodes and has not already planned its last one."""
@@ -348,11 +393,11 @@ class Scheduler:
         if capacity <= 0:
             return 0  # not one page to compute into
         self._attach_prefix(seq)
-        return self._reserve_chunk(seq, min(seq.num_uncached, budget))
+        return self._reserve_chunk(seq, min(self._chunk_wanted(seq), budget))
 
     def _cached_prefix(self, seq: Sequence, touch: bool) -> list[RadixNode]:
-        if self.radix is None:
-            return []
+        if self.radix is None or seq.params.prompt_logprobs is not None:
+            return []  # prompt log-probabilities need the prompt's logits: it is computed again
         # The last token is always computed: its logits give the next token.
         max_pages = (len(seq.token_ids) - 1) // self.limits.page_size
         return self.radix.match(seq.token_ids, max_pages, touch=touch)
@@ -460,9 +505,14 @@ class Scheduler:
             seq.nodes.append(node)
 
     # -- results ---------------------------------------------------------------------------
-    def update(self, step: ScheduledStep, samples: list[SampleResult]) -> list[StepOutput]:
-        """Record a step's sampled tokens (one per sampling row); returns what to report."""
-        outputs: list[StepOutput] = []
+    def update(
+        self, step: ScheduledStep, samples: list[SampleResult], prompt_logprobs: list[TokenLogprobs] | None = None
+    ) -> list[StepOutput]:
+        """Record a step's sampled tokens (one per sampling row); returns what to report.
+
+        `prompt_logprobs` has one entry per `step.prompt_targets` (reported before the tokens).
+        """
+        outputs = self._prompt_outputs(step, prompt_logprobs or [])
         for row, result in zip(step.sampled, samples, strict=True):
             seq = row.seq
             if seq.epoch != row.epoch:
@@ -476,6 +526,24 @@ class Scheduler:
             else:
                 self._cache_full_pages(seq)
             outputs.append(StepOutput(seq.request_id, result.token_id, result.logprobs, reason))
+        return outputs
+
+    def _prompt_outputs(self, step: ScheduledStep, entries: list[TokenLogprobs]) -> list[StepOutput]:
+        outputs: list[StepOutput] = []
+        start = 0
+        for row in step.prompt_rows:
+            chunk, start = entries[start : start + row.count], start + row.count
+            seq = row.seq
+            if seq.epoch != row.epoch:
+                continue
+            # A recomputed (preempted) prompt reports only what it has not reported yet.
+            fresh = chunk[max(0, seq.prompt_logprobs_sent - row.first_token) :]
+            if not fresh:
+                continue
+            top_n = seq.params.prompt_logprobs or 0
+            fresh = [TokenLogprobs(e.token_logprob, e.top[:top_n]) for e in fresh]
+            seq.prompt_logprobs_sent = row.first_token + row.count
+            outputs.append(StepOutput(seq.request_id, None, None, None, prompt_logprobs=fresh))
         return outputs
 
     def _finish_reason(self, seq: Sequence, index: int, token: int) -> FinishReason | None:

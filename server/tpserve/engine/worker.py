@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core.batch import ForwardBatch
 from ..core.errors import ConfigError
 from ..distributed.group import TPGroup, destroy_tp_group, init_tp_group
 from ..distributed.status_board import Phase, RankReporter
+from ..kvcache.request_tables import to_device
 from .config import EngineConfig
 from .messages import (
     AbortRequest,
@@ -35,7 +37,7 @@ from .messages import (
     Stop,
 )
 from .runner import ModelRunner
-from .sampling import PendingSamples, Sampler
+from .sampling import PendingPromptLogprobs, PendingSamples, Sampler
 from .scheduler import RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence
 from .step_times import StepTimes
 
@@ -140,6 +142,7 @@ class InFlight:
 
     step: ScheduledStep
     samples: PendingSamples | None
+    prompt_logprobs: PendingPromptLogprobs | None = None
 
 
 class LeaderLoop:
@@ -229,17 +232,23 @@ class LeaderLoop:
         batch = step.batch
         self.group.broadcast_object(batch)
         logits = self.runner.forward(batch)
+        sampled = batch.num_sampled  # the logits of sampling rows come first, then prompt positions
+        prompt = None
+        if step.prompt_rows:
+            targets = to_device(np.asarray(step.prompt_targets, dtype=np.int64), logits.device)
+            prompt = PendingPromptLogprobs(logits[sampled:], targets, step.prompt_top_n)
         if not step.sampled:
-            return InFlight(step, None)
+            return InFlight(step, None, prompt)
         seqs = [row.seq for row in step.sampled]
-        samples = self.sampler.sample(logits, [s.params for s in seqs], [s.rng for s in seqs])
+        samples = self.sampler.sample(logits[:sampled], [s.params for s in seqs], [s.rng for s in seqs])
         self.runner.record_samples(batch, self.group.broadcast_tensor(samples.tokens))
-        return InFlight(step, samples)
+        return InFlight(step, samples, prompt)
 
     def _read_back(self, launched: InFlight) -> None:
         results = launched.samples.results() if launched.samples is not None else []
+        prompt = launched.prompt_logprobs.results() if launched.prompt_logprobs is not None else None
         self.times.lap("wait")
-        self._report(self.scheduler.update(launched.step, results))
+        self._report(self.scheduler.update(launched.step, results, prompt))
         self.times.lap("update")
         self.times.count(launched.step.batch.is_decode_only)
 

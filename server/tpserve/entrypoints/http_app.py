@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..engine.sampling import TokenLogprobs
 from ..engine.scheduler import RequestError
 from .health import GroupMonitor
 from .metrics import ServerMetrics
@@ -203,15 +204,7 @@ def create_api_app(
         return JSONResponse(
             base
             | {
-                "choices": [
-                    {
-                        "index": c.index,
-                        "text": c.matcher.text,
-                        "logprobs": s.completion_logprobs(c.logprobs) if body.logprobs is not None else None,
-                        "finish_reason": c.finish_reason,
-                    }
-                    for c in choices
-                ],
+                "choices": [_completion_choice(s, body, c) for c in choices],
                 "usage": usage(prompts, choices),
             }
         )
@@ -281,6 +274,25 @@ def _stream(chunks: AsyncIterator[str], request: Request) -> StreamingResponse:
         yield sse("[DONE]")
 
     return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _completion_choice(s: OpenAIServing, body: CompletionRequest, c: ChoiceState) -> dict[str, Any]:
+    """One choice of a non-streamed completion; with echo the prompt (and its logprobs) comes first."""
+    prompt_entries: list[tuple[int, TokenLogprobs | None]] = []
+    text = c.matcher.text
+    if body.echo:
+        prompt_text = s.tokenizer.decode(c.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = prompt_text + text
+        prompt_entries = list(zip(c.prompt_ids, c.prompt_logprobs))
+    choice: dict[str, Any] = {
+        "index": c.index,
+        "text": text,
+        "logprobs": s.completion_logprobs(prompt_entries + list(c.logprobs)) if body.logprobs is not None else None,
+        "finish_reason": c.finish_reason,
+    }
+    if body.prompt_logprobs is not None:
+        choice["prompt_logprobs"] = s.prompt_logprobs(c)
+    return choice
 
 
 async def _completion_chunks(

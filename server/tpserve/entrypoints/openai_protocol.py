@@ -63,6 +63,11 @@ class SamplingFields(StrictModel):
         return self
 
     @property
+    def prompt_logprobs_wanted(self) -> int | None:
+        """Top alternatives per prompt token the response needs (None: no prompt log-probabilities)."""
+        return None
+
+    @property
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
@@ -72,20 +77,29 @@ PromptInput = str | list[str] | list[int] | list[list[int]]
 
 class CompletionRequest(SamplingFields):
     prompt: PromptInput
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 only with echo: score the prompt
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool = False
+    prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # vLLM's extension
     best_of: Annotated[int, Field(ge=1)] | None = None
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _completion_checks(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo is not supported")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens must be >= 1 (0 only with echo, to score the prompt)")
+        if self.echo and self.stream:
+            raise ValueError("echo with stream is not supported yet; send stream: false")
         if self.suffix:
             raise ValueError("suffix is not supported")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of other than n is not supported")
         return self
+
+    @property
+    def prompt_logprobs_wanted(self) -> int | None:
+        wanted = [k for k in (self.prompt_logprobs, self.logprobs if self.echo else None) if k is not None]
+        return max(wanted) if wanted else None
 
 
 class TextPart(StrictModel):

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # [None, ...] when asked
+    score_only: bool = False  # max_tokens 0 with echo: the one token generated is not part of the answer
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class OpenAIServing:
                 f"This model's maximum context length is {self.max_model_len} tokens; the prompt has {prompt_len}",
                 "messages" if isinstance(request, ChatCompletionRequest) else "prompt",
             )
-        if max_tokens is None:
+        if max_tokens == 0:
+            max_tokens = 1  # the engine always generates; the token is dropped (score_only)
+        elif max_tokens is None:
             max_tokens = room if isinstance(request, ChatCompletionRequest) else min(16, room)
         elif max_tokens > room:
             raise BadRequest(
@@ -120,6 +124,7 @@ class OpenAIServing:
             stop_token_ids=tuple(request.stop_token_ids or ()),
             ignore_eos=request.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=request.prompt_logprobs_wanted,
         )
 
     def make_choices(
@@ -136,6 +141,8 @@ class OpenAIServing:
                         params=params,
                         detokenizer=IncrementalDetokenizer(self.tokenizer),
                         matcher=StopStringMatcher(request.stop_strings),
+                        prompt_logprobs=[None] if params.prompt_logprobs is not None else [],
+                        score_only=max_tokens == 0,
                     )
                 )
         return choices
@@ -151,6 +158,13 @@ class OpenAIServing:
         try:
             async for out in self.engine.generate(f"{request_id}-{choice.index}", choice.prompt_ids, choice.params):
                 now = time.monotonic()
+                if out.prompt_logprobs is not None:
+                    choice.prompt_logprobs.extend(out.prompt_logprobs)
+                    continue
+                if out.token_id is not None and choice.score_only:
+                    choice.finish_reason = "length"  # the prompt is scored; its continuation is not wanted
+                    yield ChoiceDelta(choice.index, "", [], "length")
+                    return
                 if out.token_id is None:
                     if out.finish_reason is not None and out.finish_reason.value != "abort":
                         # Ended without a new token: the KV cache cannot hold this sequence's next one.
@@ -226,16 +240,36 @@ class OpenAIServing:
         text: str = self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         return text
 
-    def completion_logprobs(self, entries: list[tuple[int, TokenLogprobs]], offset: int = 0) -> dict[str, Any]:
-        tokens, token_logprobs, top, offsets = [], [], [], []
+    def completion_logprobs(
+        self, entries: Sequence[tuple[int, TokenLogprobs | None]], offset: int = 0
+    ) -> dict[str, Any]:
+        """OpenAI's legacy shape; an entry without log-probabilities (the first prompt token) is null."""
+        tokens: list[str] = []
+        token_logprobs: list[float | None] = []
+        top: list[dict[str, float] | None] = []
+        offsets: list[int] = []
         for token_id, lp in entries:
             text = self.token_text(token_id)
             offsets.append(offset)
             offset += len(text)
             tokens.append(text)
-            token_logprobs.append(lp.token_logprob)
-            top.append({self.token_text(t): v for t, v in lp.top})
+            token_logprobs.append(None if lp is None else lp.token_logprob)
+            top.append(None if lp is None else {self.token_text(t): v for t, v in lp.top})
         return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+    def prompt_logprobs(self, choice: ChoiceState) -> list[dict[str, dict[str, Any]] | None]:
+        """vLLM's `prompt_logprobs`: per prompt token None (the first) or {token id: logprob, rank, text}."""
+        out: list[dict[str, dict[str, Any]] | None] = []
+        for token_id, lp in zip(choice.prompt_ids, choice.prompt_logprobs):
+            if lp is None:
+                out.append(None)
+                continue
+            entry = {str(token_id): {"logprob": lp.token_logprob, "decoded_token": self.token_text(token_id)}}
+            for rank, (alt, value) in enumerate(lp.top, start=1):
+                entry.setdefault(str(alt), {"logprob": value, "rank": rank, "decoded_token": self.token_text(alt)})
+                entry[str(alt)].setdefault("rank", rank)
+            out.append(entry)
+        return out
 
     def chat_logprobs(self, entries: list[tuple[int, TokenLogprobs]]) -> dict[str, Any]:
         def item(token_id: int, value: float) -> dict[str, Any]:

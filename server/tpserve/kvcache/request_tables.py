@@ -71,7 +71,7 @@ class RequestTables:
         pages_per_row = -(-plan.context_lens // page_size)
         kv_indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(pages_per_row, out=kv_indptr[1:])
-        sample_indices = plan.sample_token_indices()
+        sample_indices = plan.logit_token_indices()
         packed = self._to_device(
             np.concatenate(
                 [plan.token_ids, plan.positions(), plan.token_rows(), plan.rows, pages_per_row, sample_indices]
