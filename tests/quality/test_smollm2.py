@@ -97,6 +97,7 @@ MULTIPLE_CHOICE = [
 ]
 
 
+@pytest.mark.parametrize("llm", [1], indirect=True, ids=["tp1"])  # scoring is exact at any tp (test_prompt_logprobs)
 def test_multiple_choice_by_prompt_log_likelihood(llm: LLM) -> None:
     assert llm.tokenizer is not None
     prompts, spans = [], []
