@@ -307,6 +307,59 @@ def test_vllm_prompt_logprobs_extension(client: openai.OpenAI, model_dir: Path) 
         assert entries[j][str(best)]["rank"] == 1
 
 
+def test_unknown_fields_are_ignored_with_one_warning_each(server: ServerProcess) -> None:
+    """What vLLM's and SGLang's clients send beyond OpenAI's fields does not break a request."""
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 2, "frobnicate": True, "repetition_penalty": 1.0}
+    for _ in range(2):
+        response = post(server, "/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "x", "weight": 1}], "max_tokens": 2}
+    assert post(server, "/v1/chat/completions", json=chat).status_code == 200
+    def log_with_the_chat_warning() -> str | None:
+        text = server.log_path.read_text()
+        return text if "'weight'" in text else None
+
+    log = poll_until(log_with_the_chat_warning, timeout_s=10)
+    assert log.count("ignoring the unknown request field 'frobnicate'") == 1
+    assert "repetition_penalty" not in log, "a known field is not warned about"
+
+
+def test_continuous_usage_stats_put_usage_in_every_chunk(client: openai.OpenAI) -> None:
+    stream = client.completions.create(
+        model="tiny",
+        prompt="Continuous usage",
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+        **greedy(),
+    )
+    chunks = list(stream)
+    assert all(chunk.usage is not None for chunk in chunks)
+    completion_tokens = [chunk.usage.completion_tokens for chunk in chunks if chunk.usage is not None]
+    assert completion_tokens == sorted(completion_tokens) and completion_tokens[-1] == 4
+
+
+def test_tokenize_detokenize_and_version(server: ServerProcess, model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    text = "Tensor parallelism"
+    tokenized = post(server, "/tokenize", json={"model": "tiny", "prompt": text}).json()
+    assert tokenized["tokens"] == tokenizer.encode(text) and tokenized["count"] == len(tokenized["tokens"])
+    assert tokenized["max_model_len"] > 0
+    back = post(server, "/detokenize", json={"model": "tiny", "tokens": tokenized["tokens"]}).json()
+    assert back["prompt"] == tokenizer.decode(tokenized["tokens"])
+    chat = post(server, "/tokenize", json={"messages": [{"role": "user", "content": text}]}).json()
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat["tokens"] == tokenizer.encode(rendered, add_special_tokens=False)
+    bad = post(server, "/detokenize", json={"tokens": [10**9]})
+    assert bad.status_code == 400 and "tokens" in bad.json()["error"]["message"]
+    neither = post(server, "/tokenize", json={"model": "tiny"})
+    assert neither.status_code == 400
+    version = httpx.get(f"{server.url}/version").json()
+    assert isinstance(version["version"], str) and version["version"]
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_api_key_is_required(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -329,7 +382,11 @@ BAD_COMPLETIONS = [
     ({"model": "tiny", "prompt": "hi", "temperature": "hot"}, "temperature"),
     ({"model": "tiny", "prompt": "hi", "n": 0}, "n"),
     ({"model": "tiny", "prompt": "hi", "n": 1000}, "n"),
-    ({"model": "tiny", "prompt": "hi", "frobnicate": True}, "frobnicate"),
+    ({"model": "tiny", "prompt": "hi", "stream": "yes"}, "stream"),
+    ({"model": "tiny", "prompt": "hi", "echo": 1}, "echo"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 0}, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi", "repetition_penalty": 1.3}, "repetition_penalty"),
+    ({"model": "tiny", "prompt": "hi", "min_p": 0.1}, "min_p"),
     ({"model": "tiny", "prompt": ""}, "prompt"),
     ({"model": "tiny", "prompt": []}, "prompt"),
     ({"model": "tiny", "prompt": [1, 2, 99999]}, "prompt"),

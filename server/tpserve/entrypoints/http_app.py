@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +20,14 @@ from ..engine.sampling import TokenLogprobs
 from ..engine.scheduler import RequestError
 from .health import GroupMonitor
 from .metrics import ServerMetrics
-from .openai_protocol import ChatCompletionRequest, CompletionRequest, error_body
+from .openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    StreamOptions,
+    TokenizeRequest,
+    error_body,
+)
 from .openai_serving import BadRequest, ChoiceState, OpenAIServing, new_id, sse, usage
 
 log = logging.getLogger(__name__)
@@ -83,9 +92,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {loc[-1] if loc else '?'}", loc[-1] if loc else None
     # pydantic names union members in the location (e.g. prompt.str); keep the field path readable.
-    field = ".".join(p for p in loc if not p.startswith(("str", "list[", "int", "function-")))
+    field = ".".join(p for p in loc if not _is_union_member(p))
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     return (f"{field}: {message}" if field else message), field or None
+
+
+def _is_union_member(part: str) -> bool:
+    """A location part pydantic adds for a union's member type ("str", "list[int]", ...)."""
+    return part in ("str", "int", "float", "bool", "none") or part.startswith(("list[", "dict[", "function-"))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -170,6 +184,26 @@ def create_api_app(
         await asyncio.wait_for(health_generate(), timeout=30)
         return JSONResponse({"status": "ok"})
 
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": _package_version()})
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        s = serving()
+        if body.model is not None:
+            s.check_model(body.model)
+        tokens = await s.tokenize(body)
+        return JSONResponse({"count": len(tokens), "max_model_len": s.max_model_len, "tokens": tokens})
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        s = serving()
+        if body.model is not None:
+            s.check_model(body.model)
+        s.check_token_ids(body.tokens, "tokens")
+        return JSONResponse({"prompt": s.tokenizer.decode(body.tokens)})
+
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         s = serving()
@@ -198,8 +232,8 @@ def create_api_app(
         created = int(time.time())
         base = {"id": request_id, "object": "text_completion", "created": created, "model": s.model_name}
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(_completion_chunks(s, request_id, base, prompts, choices, include_usage, eos_ids), request)
+            report = UsageReport.of(body.stream_options)
+            return _stream(_completion_chunks(s, request_id, base, prompts, choices, report, eos_ids), request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
         return JSONResponse(
             base
@@ -219,8 +253,8 @@ def create_api_app(
         request_id = new_id("chatcmpl")
         base = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": s.model_name}
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, include_usage, eos_ids), request)
+            report = UsageReport.of(body.stream_options)
+            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, report, eos_ids), request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
         return JSONResponse(
             base
@@ -295,13 +329,32 @@ def _completion_choice(s: OpenAIServing, body: CompletionRequest, c: ChoiceState
     return choice
 
 
+@dataclass(frozen=True)
+class UsageReport:
+    """Where a stream reports usage: a final chunk (include_usage), also every chunk (vLLM's
+    continuous_usage_stats, with include_usage)."""
+
+    final: bool
+    continuous: bool
+
+    @staticmethod
+    def of(options: StreamOptions | None) -> UsageReport:
+        final = bool(options and options.include_usage)
+        return UsageReport(final, final and bool(options and options.continuous_usage_stats))
+
+    def in_chunk(self, prompts: list[list[int]], choices: list[ChoiceState]) -> dict[str, Any]:
+        if self.continuous:
+            return {"usage": usage(prompts, choices)}
+        return {"usage": None} if self.final else {}
+
+
 async def _completion_chunks(
     s: OpenAIServing,
     request_id: str,
     base: dict[str, Any],
     prompts: list[list[int]],
     choices: list[ChoiceState],
-    include_usage: bool,
+    report: UsageReport,
     eos_ids: tuple[int, ...],
 ) -> AsyncIterator[str]:
     offsets = {c.index: 0 for c in choices}
@@ -314,8 +367,8 @@ async def _completion_chunks(
                 {"index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
             ]
         }
-        yield sse(chunk | ({"usage": None} if include_usage else {}))
-    if include_usage:
+        yield sse(chunk | report.in_chunk(prompts, choices))
+    if report.final:
         yield sse(base | {"choices": [], "usage": usage(prompts, choices)})
 
 
@@ -325,11 +378,10 @@ async def _chat_chunks(
     base: dict[str, Any],
     prompts: list[list[int]],
     choices: list[ChoiceState],
-    include_usage: bool,
+    report: UsageReport,
     eos_ids: tuple[int, ...],
 ) -> AsyncIterator[str]:
     base = base | {"object": "chat.completion.chunk"}
-    extra = {"usage": None} if include_usage else {}
     want_logprobs = choices[0].params.logprobs is not None
     for c in choices:
         yield sse(
@@ -344,7 +396,7 @@ async def _chat_chunks(
                     }
                 ]
             }
-            | extra
+            | report.in_chunk(prompts, choices)
         )
     async for delta in s.merged(request_id, choices, eos_ids):
         logprobs = s.chat_logprobs(delta.logprobs) if want_logprobs else None
@@ -356,7 +408,14 @@ async def _chat_chunks(
                     {"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
                 ]
             }
-            | extra
+            | report.in_chunk(prompts, choices)
         )
-    if include_usage:
+    if report.final:
         yield sse(base | {"choices": [], "usage": usage(prompts, choices)})
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("tpserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

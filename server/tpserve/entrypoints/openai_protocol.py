@@ -1,25 +1,43 @@
 """Pydantic models of the OpenAI request bodies tpserve accepts.
 
-Unknown fields are rejected (as OpenAI does), so a typo never silently changes sampling.
-SGLang/vLLM extensions that users rely on are accepted too: top_k, ignore_eos, stop_token_ids.
+As vLLM and SGLang do, a field tpserve does not know is accepted and ignored, with one warning
+line per field name, so clients that send extra fields work unchanged. Known fields are strict:
+a wrong type (`"stream": "yes"`) is a 400 naming the field, never coerced. A known sampling field
+tpserve cannot honour yet is refused unless it has its neutral value (`repetition_penalty: 1.0`
+passes), so sampling is never silently different from what was asked. SGLang/vLLM extensions
+that users rely on are accepted too: top_k, ignore_eos, stop_token_ids, prompt_logprobs.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+log = logging.getLogger(__name__)
+_warned_fields: set[str] = set()
 
 MAX_N = 128
 MAX_STOP_STRINGS = 16
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @model_validator(mode="after")
+    def _warn_unknown_fields(self) -> StrictModel:
+        for name in self.model_extra or {}:
+            key = f"{type(self).__name__}.{name}"
+            if key not in _warned_fields:
+                _warned_fields.add(key)
+                log.warning("ignoring the unknown request field %r (in %s)", name, type(self).__name__)
+        return self
 
 
 class StreamOptions(StrictModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM: every chunk carries the usage so far
 
 
 class SamplingFields(StrictModel):
@@ -39,6 +57,9 @@ class SamplingFields(StrictModel):
     stream_options: StreamOptions | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0  # vLLM/SGLang
+    min_p: Annotated[float, Field(ge=0, le=1)] = 0.0  # vLLM/SGLang
+    min_tokens: Annotated[int, Field(ge=0)] = 0  # vLLM/SGLang
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
@@ -56,6 +77,12 @@ class SamplingFields(StrictModel):
     def _unsupported(self) -> SamplingFields:
         if self.presence_penalty or self.frequency_penalty:
             raise ValueError("presence_penalty and frequency_penalty are not supported (use 0)")
+        if self.repetition_penalty != 1.0:
+            raise ValueError("repetition_penalty other than 1.0 is not supported yet")
+        if self.min_p:
+            raise ValueError("min_p is not supported yet (use 0)")
+        if self.min_tokens:
+            raise ValueError("min_tokens is not supported yet (use 0)")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported")
         if self.stream_options is not None and not self.stream:
@@ -143,6 +170,27 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+class TokenizeRequest(StrictModel):
+    """vLLM's POST /tokenize: a prompt, or chat messages rendered with the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(StrictModel):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

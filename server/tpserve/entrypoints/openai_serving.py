@@ -18,7 +18,7 @@ from ..engine.sampling import SamplingParams, TokenLogprobs
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .engine_client import AsyncEngine
 from .metrics import ServerMetrics
-from .openai_protocol import ChatCompletionRequest, CompletionRequest, PromptInput, SamplingFields
+from .openai_protocol import ChatCompletionRequest, CompletionRequest, PromptInput, SamplingFields, TokenizeRequest
 
 
 class BadRequest(ValueError):
@@ -77,12 +77,30 @@ class OpenAIServing:
             return await asyncio.to_thread(lambda: [self.tokenizer.encode(t) for t in texts])
         if not id_lists or any(len(ids) == 0 for ids in id_lists):
             raise BadRequest("prompt must not be empty", "prompt")
-        vocab = self.vocab_size
         for ids in id_lists:
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise BadRequest(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
+            self.check_token_ids(ids, "prompt")
         return id_lists
+
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise BadRequest(f"{param} token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})", param)
+
+    async def tokenize(self, request: TokenizeRequest) -> list[int]:
+        if request.messages is not None:
+            messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+
+            def render() -> list[int]:
+                text = self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=request.add_generation_prompt
+                )
+                return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+            return await asyncio.to_thread(render)
+        text = request.prompt or ""
+        return await asyncio.to_thread(
+            lambda: list(self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens))
+        )
 
     async def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
