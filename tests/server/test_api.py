@@ -315,6 +315,7 @@ def test_unknown_fields_are_ignored_with_one_warning_each(server: ServerProcess)
         assert response.status_code == 200, response.text
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "x", "weight": 1}], "max_tokens": 2}
     assert post(server, "/v1/chat/completions", json=chat).status_code == 200
+
     def log_with_the_chat_warning() -> str | None:
         text = server.log_path.read_text()
         return text if "'weight'" in text else None
