@@ -19,10 +19,18 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: chosen token's logprob and the top N
     prompt_logprobs: int | None = None  # the same for every prompt token after the first
+    # Logits adjustments (logits_processors.py), with vLLM's and SGLang's meanings.
+    presence_penalty: float = 0.0  # minus this for every token already generated
+    frequency_penalty: float = 0.0  # minus this times how often it was generated
+    repetition_penalty: float = 1.0  # logits of prompt and generated tokens: > 0 divided, < 0 multiplied
+    min_tokens: int = 0  # eos and stop tokens are impossible before this many tokens
+    min_p: float = 0.0  # tokens less likely than min_p times the most likely one are dropped
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
     def __post_init__(self) -> None:
         # Tuples keep the dataclass hashable and picklable whatever the caller passed.
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
         self.validate()
 
     def validate(self) -> None:
@@ -38,6 +46,23 @@ class SamplingParams:
             raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
         if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
             raise ValueError(f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}")
+        if not -2 <= self.presence_penalty <= 2 or not -2 <= self.frequency_penalty <= 2:
+            raise ValueError("presence_penalty and frequency_penalty must be in [-2, 2]")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+
+    @property
+    def penalizes_repeats(self) -> bool:
+        """Whether its logits depend on the tokens generated so far (not only on their number)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return self.penalizes_repeats or self.min_tokens > 0 or bool(self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -168,7 +193,7 @@ class Sampler:
     ) -> torch.Tensor:
         device = logits.device
         temperature = torch.tensor([p.temperature for p in params], device=device, dtype=logits.dtype)
-        scaled = logits / temperature.unsqueeze(1)
+        scaled = _drop_below_min_p(logits / temperature.unsqueeze(1), params)
         unseeded = [i for i, g in enumerate(rngs) if g is None]
         if self._flashinfer is None or not unseeded:
             return self._sample_sorted(scaled, params, rngs)
@@ -217,6 +242,16 @@ class Sampler:
             if rng is not None:
                 noise[i].exponential_(generator=rng)
         return (probs / noise).argmax(dim=-1)
+
+
+def _drop_below_min_p(scaled: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Min-p: a token less likely than min_p times the row's most likely one cannot be drawn."""
+    if not any(p.min_p for p in params):
+        return scaled
+    min_p = torch.tensor([p.min_p for p in params], device=scaled.device, dtype=scaled.dtype)
+    probs = scaled.softmax(dim=-1)
+    too_unlikely = probs < min_p.unsqueeze(1) * probs.amax(dim=-1, keepdim=True)
+    return scaled.masked_fill(too_unlikely, float("-inf"))
 
 
 def _flashinfer_sampling() -> Any:

@@ -24,6 +24,7 @@ from ..distributed.group import TPGroup, destroy_tp_group, init_tp_group
 from ..distributed.status_board import Phase, RankReporter
 from ..kvcache.request_tables import to_device
 from .config import EngineConfig
+from .logits_processors import RowHistory, adjust_logits
 from .messages import (
     AbortRequest,
     AddRequest,
@@ -161,6 +162,7 @@ class LeaderLoop:
         self.overlap = not config.disable_overlap_schedule
         self.in_flight: InFlight | None = None
         self.times = StepTimes()
+        self.eos_token_ids = runner.model_config.eos_token_ids
         self.outbox = outbox
         self.inbox = inbox
         self.sampler = Sampler(group.device, seed=config.seed)
@@ -216,6 +218,11 @@ class LeaderLoop:
         step is read back right after its launch.
         """
         self.times.start()
+        if self.in_flight is not None and _penalizes_repeats(self.in_flight.step):
+            # Its penalties read the tokens generated so far: the newest must be on the host
+            # before the next step is planned (no overlap while such requests run).
+            self._read_back(self.in_flight)
+            self.in_flight = None
         step = self.scheduler.schedule()
         self._report(self.scheduler.take_finished_in_planning())
         self.times.lap("schedule")
@@ -240,7 +247,16 @@ class LeaderLoop:
         if not step.sampled:
             return InFlight(step, None, prompt)
         seqs = [row.seq for row in step.sampled]
-        samples = self.sampler.sample(logits[:sampled], [s.params for s in seqs], [s.rng for s in seqs])
+        histories = [
+            RowHistory(
+                row.seq.params,
+                row.seq.token_ids[: row.seq.prompt_len],
+                row.seq.token_ids[row.seq.prompt_len : row.token_index],
+            )
+            for row in step.sampled
+        ]
+        adjusted = adjust_logits(logits[:sampled], histories, self.eos_token_ids)
+        samples = self.sampler.sample(adjusted, [s.params for s in seqs], [s.rng for s in seqs])
         self.runner.record_samples(batch, self.group.broadcast_tensor(samples.tokens))
         return InFlight(step, samples, prompt)
 
@@ -262,6 +278,10 @@ class LeaderLoop:
                     waiting=len(self.scheduler.waiting),
                 )
             )
+
+
+def _penalizes_repeats(step: ScheduledStep) -> bool:
+    return any(row.seq.params.penalizes_repeats for row in step.sampled)
 
 
 def _drain(inbox: multiprocessing.queues.Queue, wait_s: float) -> list[Any]:  # type: ignore[type-arg]

@@ -3,9 +3,9 @@
 As vLLM and SGLang do, a field tpserve does not know is accepted and ignored, with one warning
 line per field name, so clients that send extra fields work unchanged. Known fields are strict:
 a wrong type (`"stream": "yes"`) is a 400 naming the field, never coerced. A known sampling field
-tpserve cannot honour yet is refused unless it has its neutral value (`repetition_penalty: 1.0`
-passes), so sampling is never silently different from what was asked. SGLang/vLLM extensions
-that users rely on are accepted too: top_k, ignore_eos, stop_token_ids, prompt_logprobs.
+tpserve cannot honour yet is refused, so sampling is never silently different from what was asked.
+SGLang/vLLM extensions that users rely on are accepted too: top_k, min_p, repetition_penalty,
+min_tokens, ignore_eos, stop_token_ids, prompt_logprobs.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SamplingFields(StrictModel):
     repetition_penalty: Annotated[float, Field(gt=0)] = 1.0  # vLLM/SGLang
     min_p: Annotated[float, Field(ge=0, le=1)] = 0.0  # vLLM/SGLang
     min_tokens: Annotated[int, Field(ge=0)] = 0  # vLLM/SGLang
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id (as a string) -> bias
     user: str | None = None
 
     @field_validator("stop")
@@ -75,16 +75,6 @@ class SamplingFields(StrictModel):
 
     @model_validator(mode="after")
     def _unsupported(self) -> SamplingFields:
-        if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported (use 0)")
-        if self.repetition_penalty != 1.0:
-            raise ValueError("repetition_penalty other than 1.0 is not supported yet")
-        if self.min_p:
-            raise ValueError("min_p is not supported yet (use 0)")
-        if self.min_tokens:
-            raise ValueError("min_tokens is not supported yet (use 0)")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self

@@ -143,7 +143,22 @@ class OpenAIServing:
             ignore_eos=request.ignore_eos,
             logprobs=logprobs,
             prompt_logprobs=request.prompt_logprobs_wanted,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            repetition_penalty=request.repetition_penalty,
+            min_tokens=request.min_tokens,
+            min_p=request.min_p,
+            logit_bias=self.logit_bias(request.logit_bias),
         )
+
+    def logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+        """OpenAI's {"token id": bias} as (token, bias) pairs; a key that is no token id is a 400."""
+        pairs = []
+        for key, value in (bias or {}).items():
+            if not key.isdigit() or int(key) >= self.vocab_size:
+                raise BadRequest(f"logit_bias key {key!r} is not a token id in [0, {self.vocab_size})", "logit_bias")
+            pairs.append((int(key), value))
+        return tuple(pairs)
 
     def make_choices(
         self, request: SamplingFields, prompts: list[list[int]], max_tokens: int | None, logprobs: int | None
