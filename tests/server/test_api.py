@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 from transformers import AutoTokenizer
 
 from tpserve import LLM, SamplingParams
@@ -359,6 +362,55 @@ def test_tokenize_detokenize_and_version(server: ServerProcess, model_dir: Path)
     assert neither.status_code == 400
     version = httpx.get(f"{server.url}/version").json()
     assert isinstance(version["version"], str) and version["version"]
+
+
+class Answer(BaseModel):
+    color: Literal["red", "green", "blue"]
+    ok: bool
+
+
+def test_chat_parse_returns_a_validated_pydantic_object(client: openai.OpenAI) -> None:
+    """openai's `chat.completions.parse` sends a strict json_schema response_format and parses."""
+    completion = client.chat.completions.parse(
+        model="tiny", messages=[{"role": "user", "content": "A colour?"}], response_format=Answer, max_tokens=64
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Answer)
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_guided_extensions_constrain_completions(client: openai.OpenAI) -> None:
+    choices = ["alpha", "beta", "gamma"]
+    picked = client.completions.create(
+        model="tiny", prompt="Pick: ", max_tokens=16, n=3, seed=1, extra_body={"guided_choice": choices}
+    )
+    assert all(c.text in choices for c in picked.choices)
+    regex = client.completions.create(
+        model="tiny", prompt="Code: ", max_tokens=16, temperature=1.0, extra_body={"regex": "[A-Z]{3}-[0-9]{2}"}
+    )
+    assert re.fullmatch("[A-Z]{3}-[0-9]{2}", regex.choices[0].text)
+    json_object = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "JSON"}],
+        response_format={"type": "json_object"},
+        max_tokens=128,
+        temperature=0,
+    )
+    assert isinstance(json.loads(json_object.choices[0].message.content or ""), dict)
+
+
+def test_bad_structured_outputs_are_400(server: ServerProcess) -> None:
+    bad_schema = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}},
+    }
+    response = post(server, "/v1/chat/completions", json=bad_schema)
+    assert response.status_code == 400 and "response_format" in response.json()["error"]["message"]
+    two = {"model": "tiny", "prompt": "x", "guided_regex": "a+", "guided_choice": ["a"]}
+    response = post(server, "/v1/completions", json=two)
+    assert response.status_code == 400 and "guided_regex" in response.json()["error"]["message"]
+    assert post(server, "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).status_code == 200
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -7,6 +7,20 @@ from typing import Any
 
 import torch
 
+STRUCTURED_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf")
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """What a constrained output must be (engine/grammar.py compiles it)."""
+
+    kind: str  # one of STRUCTURED_KINDS
+    spec: str = ""  # the schema (JSON text), regex, EBNF grammar, or a JSON list of choices
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRUCTURED_KINDS:
+            raise ValueError(f"structured output kind {self.kind!r}: expected one of {', '.join(STRUCTURED_KINDS)}")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -26,6 +40,7 @@ class SamplingParams:
     min_tokens: int = 0  # eos and stop tokens are impossible before this many tokens
     min_p: float = 0.0  # tokens less likely than min_p times the most likely one are dropped
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    structured: StructuredOutput | None = None  # the output follows this grammar
 
     def __post_init__(self) -> None:
         # Tuples keep the dataclass hashable and picklable whatever the caller passed.
@@ -59,6 +74,11 @@ class SamplingParams:
     def penalizes_repeats(self) -> bool:
         """Whether its logits depend on the tokens generated so far (not only on their number)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @property
+    def needs_previous_token(self) -> bool:
+        """Its next step cannot be planned before its newest token is on the host (no overlap)."""
+        return self.penalizes_repeats or self.structured is not None
 
     @property
     def adjusts_logits(self) -> bool:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import torch
 
@@ -33,6 +34,12 @@ class FinishReason(str, Enum):
     STOP = "stop"
     LENGTH = "length"
     ABORT = "abort"
+
+
+class TokenAcceptor(Protocol):
+    def accept(self, token: int) -> bool:
+        """Follow one more generated token; True when the output must end here."""
+        ...
 
 
 @dataclass(eq=False)  # identity semantics: `in` and removal never compare fields
@@ -53,6 +60,7 @@ class Sequence:
     on_device: bool = False  # its last token is (or will be) the row's sampled token on the device
     epoch: int = 0  # bumped when it stops running: rows planned before then are stale
     prompt_logprobs_sent: int = 1  # prompt tokens before this index have had their logprob reported
+    grammar: TokenAcceptor | None = None  # a structured output's matcher (engine/grammar.py)
 
     @property
     def num_known(self) -> int:
@@ -548,6 +556,8 @@ class Scheduler:
 
     def _finish_reason(self, seq: Sequence, index: int, token: int) -> FinishReason | None:
         params = seq.params
+        if seq.grammar is not None and seq.grammar.accept(token):
+            return FinishReason.STOP  # the structured output is complete
         if token in params.stop_token_ids:
             return FinishReason.STOP
         if not params.ignore_eos and token in self.limits.eos_token_ids:

@@ -12,6 +12,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..distributed.group import TPGroup, destroy_tp_group, init_tp_group
 from ..distributed.status_board import Phase, RankReporter
 from ..kvcache.request_tables import to_device
 from .config import EngineConfig
+from .grammar import GrammarBackend, GrammarState
 from .logits_processors import RowHistory, adjust_logits
 from .messages import (
     AbortRequest,
@@ -39,12 +41,13 @@ from .messages import (
 )
 from .runner import ModelRunner
 from .sampling import PendingPromptLogprobs, PendingSamples, Sampler
-from .scheduler import RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence
+from .scheduler import FinishReason, RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence, StepOutput
 from .step_times import StepTimes
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+GRAMMAR_POLL_S = 0.002  # how often an idle leader looks whether a grammar has compiled
 PR_SET_PDEATHSIG = 1
 
 
@@ -163,6 +166,8 @@ class LeaderLoop:
         self.in_flight: InFlight | None = None
         self.times = StepTimes()
         self.eos_token_ids = runner.model_config.eos_token_ids
+        self.grammar = GrammarBackend(config.load_tokenizer, runner.model_config.vocab_size)
+        self.compiling: dict[str, tuple[AddRequest, Future[GrammarState]]] = {}
         self.outbox = outbox
         self.inbox = inbox
         self.sampler = Sampler(group.device, seed=config.seed)
@@ -185,12 +190,15 @@ class LeaderLoop:
         last_broadcast = time.monotonic()
         while True:
             busy = self.scheduler.has_work or self.in_flight is not None
-            for message in _drain(self.inbox, 0.0 if busy else HEARTBEAT_S):
+            wait = 0.0 if busy else GRAMMAR_POLL_S if self.compiling else HEARTBEAT_S
+            for message in _drain(self.inbox, wait):
                 if isinstance(message, Shutdown):
                     self.group.broadcast_object(Stop())
                     log.info("leader: %s", self.times.summary())
+                    self.grammar.close()
                     return
                 self._handle(message)
+            self._admit_compiled()
             if self.scheduler.has_work or self.in_flight is not None:
                 self._step()
                 last_broadcast = time.monotonic()
@@ -200,16 +208,39 @@ class LeaderLoop:
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, AddRequest):
-            rng = self.sampler.new_request_rng(message.params.seed) if message.params.seed is not None else None
-            seq = Sequence(message.request_id, list(message.prompt_ids), len(message.prompt_ids), message.params, rng)
-            try:
-                self.scheduler.add(seq)
-            except RequestError as exc:
-                self.outbox.put(RequestRejected(message.request_id, str(exc)))
+            if message.params.structured is not None:  # joins once its grammar is compiled
+                self.compiling[message.request_id] = (message, self.grammar.compile(message.params.structured))
+            else:
+                self._add(message, None)
         elif isinstance(message, AbortRequest):
+            if self.compiling.pop(message.request_id, None) is not None:
+                self._report([StepOutput(message.request_id, None, None, FinishReason.ABORT)])
+                return
             aborted = self.scheduler.abort(message.request_id)
             if aborted is not None:
                 self._report([aborted])
+
+    def _add(self, message: AddRequest, grammar: GrammarState | None) -> None:
+        rng = self.sampler.new_request_rng(message.params.seed) if message.params.seed is not None else None
+        seq = Sequence(message.request_id, list(message.prompt_ids), len(message.prompt_ids), message.params, rng)
+        seq.grammar = grammar
+        try:
+            self.scheduler.add(seq)
+        except RequestError as exc:
+            self.outbox.put(RequestRejected(message.request_id, str(exc)))
+
+    def _admit_compiled(self) -> None:
+        """Requests whose grammar has compiled join the scheduler; a failed compile is refused."""
+        for request_id, (message, compiling) in list(self.compiling.items()):
+            if not compiling.done():
+                continue
+            del self.compiling[request_id]
+            try:
+                state = compiling.result()
+            except Exception as exc:  # xgrammar's message names what is wrong with the spec
+                self.outbox.put(RequestRejected(request_id, f"response_format: {exc}"))
+                continue
+            self._add(message, state)
 
     def _step(self) -> None:
         """Plan and launch the next step, then read back the previous one (overlap scheduling).
@@ -218,9 +249,9 @@ class LeaderLoop:
         step is read back right after its launch.
         """
         self.times.start()
-        if self.in_flight is not None and _penalizes_repeats(self.in_flight.step):
-            # Its penalties read the tokens generated so far: the newest must be on the host
-            # before the next step is planned (no overlap while such requests run).
+        if self.in_flight is not None and _needs_previous_tokens(self.in_flight.step):
+            # Penalties and grammars read the tokens generated so far: the newest must be on
+            # the host before the next step is planned (no overlap while such requests run).
             self._read_back(self.in_flight)
             self.in_flight = None
         step = self.scheduler.schedule()
@@ -255,7 +286,13 @@ class LeaderLoop:
             )
             for row in step.sampled
         ]
-        adjusted = adjust_logits(logits[:sampled], histories, self.eos_token_ids)
+        sample_logits = logits[:sampled]
+        adjusted = adjust_logits(sample_logits, histories, self.eos_token_ids)
+        grammars = [row.seq.grammar for row in step.sampled]
+        if any(g is not None for g in grammars):
+            if adjusted is sample_logits or adjusted.dtype != torch.float32:
+                adjusted = adjusted.to(torch.float32, copy=True)  # never mask a graph's static output
+            adjusted = self.grammar.mask(adjusted, [g if isinstance(g, GrammarState) else None for g in grammars])
         samples = self.sampler.sample(adjusted, [s.params for s in seqs], [s.rng for s in seqs])
         self.runner.record_samples(batch, self.group.broadcast_tensor(samples.tokens))
         return InFlight(step, samples, prompt)
@@ -280,8 +317,8 @@ class LeaderLoop:
             )
 
 
-def _penalizes_repeats(step: ScheduledStep) -> bool:
-    return any(row.seq.params.penalizes_repeats for row in step.sampled)
+def _needs_previous_tokens(step: ScheduledStep) -> bool:
+    return any(row.seq.params.needs_previous_token for row in step.sampled)
 
 
 def _drain(inbox: multiprocessing.queues.Queue, wait_s: float) -> list[Any]:  # type: ignore[type-arg]

@@ -10,10 +10,13 @@ min_tokens, ignore_eos, stop_token_ids, prompt_logprobs.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..engine.sampling import StructuredOutput
 
 log = logging.getLogger(__name__)
 _warned_fields: set[str] = set()
@@ -62,6 +65,14 @@ class SamplingFields(StrictModel):
     min_tokens: Annotated[int, Field(ge=0)] = 0  # vLLM/SGLang
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id (as a string) -> bias
     user: str | None = None
+    # Structured outputs besides response_format: vLLM's guided_* and SGLang's names.
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
+    regex: str | None = None  # SGLang
+    ebnf: str | None = None  # SGLang
+    json_schema: str | None = None  # SGLang: the schema as JSON text
 
     @field_validator("stop")
     @classmethod
@@ -83,6 +94,34 @@ class SamplingFields(StrictModel):
     def prompt_logprobs_wanted(self) -> int | None:
         """Top alternatives per prompt token the response needs (None: no prompt log-probabilities)."""
         return None
+
+    def structured_output(self) -> StructuredOutput | None:
+        """The one structured-output constraint the body asks for (several are a 400)."""
+        asked: list[tuple[str, StructuredOutput]] = []
+        schema = self.guided_json if self.guided_json is not None else self.json_schema
+        if schema is not None:
+            text = schema if isinstance(schema, str) else json.dumps(schema)
+            asked.append(("guided_json", StructuredOutput("json_schema", text)))
+        for name, kind, value in (
+            ("guided_regex", "regex", self.guided_regex),
+            ("regex", "regex", self.regex),
+            ("guided_grammar", "ebnf", self.guided_grammar),
+            ("ebnf", "ebnf", self.ebnf),
+        ):
+            if value is not None:
+                asked.append((name, StructuredOutput(kind, value)))
+        if self.guided_choice is not None:
+            asked.append(("guided_choice", StructuredOutput("choice", json.dumps(self.guided_choice))))
+        response_format = getattr(self, "response_format", None)
+        if isinstance(response_format, ResponseFormat) and response_format.type != "text":
+            if response_format.json_schema is not None:
+                text = json.dumps(response_format.json_schema.schema_)
+                asked.append(("response_format", StructuredOutput("json_schema", text)))
+            else:
+                asked.append(("response_format", StructuredOutput("json_object")))
+        if len(asked) > 1:
+            raise ValueError(f"give one structured-output constraint, not {', '.join(n for n, _ in asked)}")
+        return asked[0][1] if asked else None
 
     @property
     def stop_strings(self) -> list[str]:
@@ -135,8 +174,22 @@ class ChatMessage(StrictModel):
         return self.content or ""
 
 
+class JsonSchemaFormat(StrictModel):
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
 class ResponseFormat(StrictModel):
-    type: Literal["text"]
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema")
+        return self
 
 
 class ChatCompletionRequest(SamplingFields):

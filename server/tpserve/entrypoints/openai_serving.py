@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.sampling import SamplingParams, TokenLogprobs
+from ..engine.sampling import SamplingParams, StructuredOutput, TokenLogprobs
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .engine_client import AsyncEngine
 from .metrics import ServerMetrics
@@ -149,7 +149,14 @@ class OpenAIServing:
             min_tokens=request.min_tokens,
             min_p=request.min_p,
             logit_bias=self.logit_bias(request.logit_bias),
+            structured=self.structured(request),
         )
+
+    def structured(self, request: SamplingFields) -> StructuredOutput | None:
+        try:
+            return request.structured_output()
+        except ValueError as exc:
+            raise BadRequest(str(exc), "response_format") from exc
 
     def logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         """OpenAI's {"token id": bias} as (token, bias) pairs; a key that is no token id is a 400."""
