@@ -413,6 +413,61 @@ def test_bad_structured_outputs_are_400(server: ServerProcess) -> None:
     assert post(server, "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).status_code == 200
 
 
+def test_include_stop_str_in_output(client: openai.OpenAI) -> None:
+    full = client.completions.create(model="tiny", prompt="Stops: ", max_tokens=12, **greedy()).choices[0].text
+    stop = full[4:7]
+    assert stop and full.index(stop) == 4, "a stop string found first where it was cut from"
+    cut = client.completions.create(model="tiny", prompt="Stops: ", max_tokens=12, stop=[stop], **greedy())
+    kept = client.completions.create(
+        model="tiny",
+        prompt="Stops: ",
+        max_tokens=12,
+        stop=[stop],
+        temperature=0,
+        extra_body={"ignore_eos": True, "include_stop_str_in_output": True},
+    )
+    assert cut.choices[0].text == full[:4]
+    assert kept.choices[0].text == full[:7] and kept.choices[0].finish_reason == "stop"
+
+
+def test_skip_special_tokens_false_shows_them(client: openai.OpenAI, model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    special = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    body = {"ignore_eos": True, "logit_bias": {str(special): 100}}
+    hidden = client.completions.create(model="tiny", prompt="x", max_tokens=3, temperature=0, extra_body=body)
+    shown = client.completions.create(
+        model="tiny", prompt="x", max_tokens=3, temperature=0, extra_body=body | {"skip_special_tokens": False}
+    )
+    assert hidden.choices[0].text == ""
+    assert shown.choices[0].text == "<|im_end|>" * 3
+
+
+def test_chat_template_flags(client: openai.OpenAI, model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, I"}]
+
+    def prompt_tokens(**flags: object) -> int:
+        response = client.chat.completions.create(
+            model="tiny",
+            messages=conversation,
+            max_tokens=1,
+            extra_body=flags,  # type: ignore[arg-type]
+        )
+        assert response.usage is not None
+        return response.usage.prompt_tokens
+
+    def rendered(**flags: object) -> int:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, **flags)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    assert prompt_tokens() == rendered(add_generation_prompt=True)
+    assert prompt_tokens(add_generation_prompt=False) == rendered(add_generation_prompt=False)
+    continued = prompt_tokens(add_generation_prompt=False, continue_final_message=True)
+    assert continued == rendered(continue_final_message=True) < rendered(add_generation_prompt=False)
+    kwargs = {"chat_template_kwargs": {"enable_thinking": False}}
+    assert prompt_tokens(**kwargs) == rendered(add_generation_prompt=True, enable_thinking=False)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_api_key_is_required(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):

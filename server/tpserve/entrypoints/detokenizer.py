@@ -13,14 +13,21 @@ class IncrementalDetokenizer:
     the window's already-emitted prefix; an incomplete character is held until it completes.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(
+        self, tokenizer: Any, skip_special_tokens: bool = True, spaces_between_special_tokens: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        # Only slow (Python) tokenizers have this option; fast ones join special tokens without spaces.
+        self._extra = {} if spaces_between_special_tokens else {"spaces_between_special_tokens": False}
         self.ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
 
     def _decode(self, ids: list[int]) -> str:
-        text: str = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text: str = self.tokenizer.decode(
+            ids, skip_special_tokens=self.skip_special_tokens, clean_up_tokenization_spaces=False, **self._extra
+        )
         return text
 
     def add(self, token_id: int) -> str:
@@ -44,8 +51,9 @@ class IncrementalDetokenizer:
 class StopStringMatcher:
     """Accumulates output text; finds stop strings and holds back text that might start one."""
 
-    def __init__(self, stops: list[str]) -> None:
+    def __init__(self, stops: list[str], include_stop: bool = False) -> None:
         self.stops = stops
+        self.include_stop = include_stop  # the matched stop string stays at the end of the text
         self._longest = max((len(s) for s in stops), default=0)
         self.text = ""
         self._emitted = 0
@@ -54,9 +62,10 @@ class StopStringMatcher:
         """Returns (text safe to emit now, whether a stop string was reached)."""
         search_from = max(0, len(self.text) - self._longest + 1)
         self.text += new_text
-        hits = [i for i in (self.text.find(s, search_from) for s in self.stops) if i >= 0]
+        hits = [(i, len(s)) for i, s in ((self.text.find(s, search_from), s) for s in self.stops) if i >= 0]
         if hits:
-            self.text = self.text[: min(hits)]
+            start, length = min(hits)
+            self.text = self.text[: start + (length if self.include_stop else 0)]
             return self._emit(len(self.text)), True
         return self._emit(len(self.text) - self._held_back()), False
 

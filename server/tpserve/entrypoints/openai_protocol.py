@@ -65,6 +65,9 @@ class SamplingFields(StrictModel):
     min_tokens: Annotated[int, Field(ge=0)] = 0  # vLLM/SGLang
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id (as a string) -> bias
     user: str | None = None
+    include_stop_str_in_output: bool = False  # vLLM: the stop string that ended the text stays in it
+    skip_special_tokens: bool = True  # vLLM: special tokens are left out of the text
+    spaces_between_special_tokens: bool = True  # vLLM: how special tokens are joined when shown
     # Structured outputs besides response_format: vLLM's guided_* and SGLang's names.
     guided_json: str | dict[str, Any] | None = None
     guided_regex: str | None = None
@@ -201,11 +204,19 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    # vLLM's chat template controls
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False  # render the last (assistant) message open, to continue it
+    chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": false} for Qwen3
 
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:
         if self.tools:
             raise ValueError("tools are not supported")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError("continue_final_message needs add_generation_prompt to be false")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise ValueError("continue_final_message needs the last message to be the assistant's")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self

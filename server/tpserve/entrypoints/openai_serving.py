@@ -106,7 +106,13 @@ class OpenAIServing:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
 
         def render() -> list[int]:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=request.add_generation_prompt,
+                continue_final_message=request.continue_final_message,
+                **(request.chat_template_kwargs or {}),
+            )
             return list(self.tokenizer.encode(text, add_special_tokens=False))
 
         try:
@@ -179,8 +185,10 @@ class OpenAIServing:
                         index=p * request.n + i,
                         prompt_ids=prompt_ids,
                         params=params,
-                        detokenizer=IncrementalDetokenizer(self.tokenizer),
-                        matcher=StopStringMatcher(request.stop_strings),
+                        detokenizer=IncrementalDetokenizer(
+                            self.tokenizer, request.skip_special_tokens, request.spaces_between_special_tokens
+                        ),
+                        matcher=StopStringMatcher(request.stop_strings, request.include_stop_str_in_output),
                         prompt_logprobs=[None] if params.prompt_logprobs is not None else [],
                         score_only=max_tokens == 0,
                     )
