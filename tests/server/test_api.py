@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -468,6 +468,24 @@ def test_chat_template_flags(client: openai.OpenAI, model_dir: Path) -> None:
     assert prompt_tokens(**kwargs) == rendered(add_generation_prompt=True, enable_thinking=False)
 
 
+def test_best_of_returns_the_most_likely_candidates(client: openai.OpenAI) -> None:
+    """best_of candidates are ranked by log-probability per token; the best n come back."""
+    common = {"model": "tiny", "prompt": "Best of: ", "max_tokens": 6, "temperature": 1.0, "seed": 11}
+    best = client.completions.create(n=2, best_of=4, **common)  # type: ignore[arg-type]
+    every = client.completions.create(n=4, logprobs=0, **common)  # type: ignore[arg-type]
+
+    # The same seeds give the same four candidates: rank them as best_of must.
+    def mean_logprob(choice: Any) -> float:
+        values = choice.logprobs.token_logprobs
+        return sum(values) / len(values)
+
+    ranked = sorted(every.choices, key=mean_logprob, reverse=True)
+    assert [c.text for c in best.choices] == [c.text for c in ranked[:2]]
+    assert [c.index for c in best.choices] == [0, 1] and best.choices[0].logprobs is None
+    assert best.usage is not None and every.usage is not None
+    assert best.usage.completion_tokens == every.usage.completion_tokens, "every candidate's tokens count"
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_api_key_is_required(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -505,6 +523,9 @@ BAD_COMPLETIONS = [
     ({"model": "tiny", "prompt": "word " * 400}, "prompt"),
     ({"model": "tiny"}, "prompt"),
     ({"model": "tiny", "prompt": "hi", "top_p": 0}, "top_p"),
+    ({"model": "tiny", "prompt": "hi", "n": 3, "best_of": 2}, "best_of"),
+    ({"model": "tiny", "prompt": "hi", "n": 1, "best_of": 2, "stream": True}, "best_of"),
+    ({"model": "tiny", "prompt": "hi", "echo": True, "stream": True}, "echo"),
 ]
 
 

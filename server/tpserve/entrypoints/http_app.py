@@ -28,7 +28,7 @@ from .openai_protocol import (
     TokenizeRequest,
     error_body,
 )
-from .openai_serving import BadRequest, ChoiceState, OpenAIServing, new_id, sse, usage
+from .openai_serving import BadRequest, ChoiceState, OpenAIServing, best_choices, new_id, sse, usage
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,10 @@ def create_api_app(
         s = serving()
         s.check_model(body.model)
         prompts = await s.completion_prompts(body)
-        choices = s.make_choices(body, prompts, body.max_tokens, body.logprobs)
+        candidates = body.best_of or body.n
+        # best_of ranks candidates by their tokens' log-probabilities: ask for them even if unreturned.
+        ranking_logprobs = body.logprobs if body.logprobs is not None or candidates == body.n else 0
+        choices = s.make_choices(body, prompts, body.max_tokens, ranking_logprobs, per_prompt=candidates)
         request_id = new_id("cmpl")
         created = int(time.time())
         base = {"id": request_id, "object": "text_completion", "created": created, "model": s.model_name}
@@ -235,11 +238,12 @@ def create_api_app(
             report = UsageReport.of(body.stream_options)
             return _stream(_completion_chunks(s, request_id, base, prompts, choices, report, eos_ids), request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
+        returned = best_choices(choices, candidates, body.n) if candidates > body.n else choices
         return JSONResponse(
             base
             | {
-                "choices": [_completion_choice(s, body, c) for c in choices],
-                "usage": usage(prompts, choices),
+                "choices": [_completion_choice(s, body, c) for c in returned],
+                "usage": usage(prompts, choices),  # every candidate's tokens were generated
             }
         )
 

@@ -151,8 +151,12 @@ class CompletionRequest(SamplingFields):
             raise ValueError("echo with stream is not supported yet; send stream: false")
         if self.suffix:
             raise ValueError("suffix is not supported")
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of other than n is not supported")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError("best_of must be at least n")
+        if self.best_of is not None and self.best_of > MAX_N:
+            raise ValueError(f"best_of must be at most {MAX_N}")
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            raise ValueError("best_of greater than n cannot be streamed (the best are known only at the end)")
         return self
 
     @property

@@ -174,15 +174,22 @@ class OpenAIServing:
         return tuple(pairs)
 
     def make_choices(
-        self, request: SamplingFields, prompts: list[list[int]], max_tokens: int | None, logprobs: int | None
+        self,
+        request: SamplingFields,
+        prompts: list[list[int]],
+        max_tokens: int | None,
+        logprobs: int | None,
+        per_prompt: int | None = None,
     ) -> list[ChoiceState]:
+        """`per_prompt` (default `n`) choices for every prompt, indexed in that order."""
+        count = per_prompt or request.n
         choices = []
         for p, prompt_ids in enumerate(prompts):
-            for i in range(request.n):
+            for i in range(count):
                 params = self.sampling_params(request, len(prompt_ids), max_tokens, logprobs, i)
                 choices.append(
                     ChoiceState(
-                        index=p * request.n + i,
+                        index=p * count + i,
                         prompt_ids=prompt_ids,
                         params=params,
                         detokenizer=IncrementalDetokenizer(
@@ -330,6 +337,24 @@ class OpenAIServing:
                 for token_id, lp in entries
             ]
         }
+
+
+def best_choices(choices: list[ChoiceState], per_prompt: int, keep: int) -> list[ChoiceState]:
+    """The `keep` choices of each prompt's `per_prompt` with the highest log-probability per token
+    (OpenAI's `best_of`), re-indexed 0..keep-1 per prompt in order."""
+    best: list[ChoiceState] = []
+    for start in range(0, len(choices), per_prompt):
+        group = choices[start : start + per_prompt]
+
+        def mean_logprob(choice: ChoiceState) -> float:
+            values = [lp.token_logprob for _, lp in choice.logprobs]
+            return sum(values) / len(values) if values else float("-inf")
+
+        ranked = sorted(group, key=mean_logprob, reverse=True)[:keep]
+        for offset, choice in enumerate(ranked):
+            choice.index = start // per_prompt * keep + offset
+        best += ranked
+    return best
 
 
 def new_id(prefix: str) -> str:
