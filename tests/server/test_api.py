@@ -486,6 +486,61 @@ def test_best_of_returns_the_most_likely_candidates(client: openai.OpenAI) -> No
     assert best.usage.completion_tokens == every.usage.completion_tokens, "every candidate's tokens count"
 
 
+# Bodies load generators send, field by field as their request code builds them (vLLM's
+# `vllm bench serve` openai-completions and openai-chat backends; guidellm's OpenAI backend),
+# reconstructed here rather than captured from a live run.
+LOAD_GENERATOR_BODIES = [
+    (
+        "/v1/completions",
+        {
+            "model": "tiny",
+            "prompt": "Benchmark prompt",
+            "temperature": 0.0,
+            "repetition_penalty": 1.0,
+            "max_tokens": 4,
+            "logprobs": None,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        },
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Benchmark prompt"}]}],
+            "temperature": 0.0,
+            "max_completion_tokens": 4,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        },
+    ),
+    (
+        "/v1/completions",
+        {
+            "model": "tiny",
+            "prompt": "Benchmark prompt",
+            "max_tokens": 4,
+            "stop": None,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), LOAD_GENERATOR_BODIES, ids=["vllm-completions", "vllm-chat", "guidellm"])
+def test_load_generator_bodies_stream_to_the_end(server: ServerProcess, path: str, body: dict) -> None:
+    response = post(server, path, json=body)
+    assert response.status_code == 200, response.text
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    usage_chunks = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
+    assert usage_chunks and usage_chunks[-1]["completion_tokens"] == 4
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_api_key_is_required(server: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}):
