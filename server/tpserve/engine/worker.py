@@ -278,24 +278,29 @@ class LeaderLoop:
         if not step.sampled:
             return InFlight(step, None, prompt)
         seqs = [row.seq for row in step.sampled]
-        histories = [
-            RowHistory(
-                row.seq.params,
-                row.seq.token_ids[: row.seq.prompt_len],
-                row.seq.token_ids[row.seq.prompt_len : row.token_index],
-            )
-            for row in step.sampled
-        ]
-        sample_logits = logits[:sampled]
-        adjusted = adjust_logits(sample_logits, histories, self.eos_token_ids)
-        grammars = [row.seq.grammar for row in step.sampled]
-        if any(g is not None for g in grammars):
-            if adjusted is sample_logits or adjusted.dtype != torch.float32:
-                adjusted = adjusted.to(torch.float32, copy=True)  # never mask a graph's static output
-            adjusted = self.grammar.mask(adjusted, [g if isinstance(g, GrammarState) else None for g in grammars])
+        adjusted = self._constrained_logits(step, logits[:sampled])
         samples = self.sampler.sample(adjusted, [s.params for s in seqs], [s.rng for s in seqs])
         self.runner.record_samples(batch, self.group.broadcast_tensor(samples.tokens))
         return InFlight(step, samples, prompt)
+
+    def _constrained_logits(self, step: ScheduledStep, logits: torch.Tensor) -> torch.Tensor:
+        """The sampling rows' logits after penalties, biases and grammars (only when some row asks:
+        the common step pays nothing, not even a look at the rows' tokens)."""
+        if any(row.seq.params.adjusts_logits for row in step.sampled):
+            histories = [
+                RowHistory(
+                    row.seq.params,
+                    row.seq.token_ids[: row.seq.prompt_len],
+                    row.seq.token_ids[row.seq.prompt_len : row.token_index],
+                )
+                for row in step.sampled
+            ]
+            logits = adjust_logits(logits, histories, self.eos_token_ids)
+        grammars = [row.seq.grammar if isinstance(row.seq.grammar, GrammarState) else None for row in step.sampled]
+        if any(g is not None for g in grammars):
+            # A float32 copy: never mask a graph's static output in place.
+            logits = self.grammar.mask(logits.to(torch.float32, copy=True), grammars)
+        return logits
 
     def _read_back(self, launched: InFlight) -> None:
         results = launched.samples.results() if launched.samples is not None else []
