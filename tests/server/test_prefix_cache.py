@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -200,82 +201,67 @@ def test_random_traffic_keeps_every_invariant_and_finishes(
     overlap: bool,
     eos_every: int,
 ) -> None:
-    # An optimistic estimate of decode growth (none) admits more than fits: preemption galore.
-    saved = scheduler_module.MIN_NEW_TOKEN_RATIO
-    scheduler_module.MIN_NEW_TOKEN_RATIO = 0.0 if optimistic else saved
-    try:
-        run_random_traffic(num_pages, page_size, max_prefill, arrivals, optimistic, overlap, eos_every)
-    finally:
-        scheduler_module.MIN_NEW_TOKEN_RATIO = saved
-
-
-def run_random_traffic(
-    num_pages: int,
-    page_size: int,
-    max_prefill: int,
-    arrivals: list[tuple[int, int, int, int, int, bool]],
-    optimistic: bool,
-    overlap: bool,
-    eos_every: int,
-) -> None:
     """Random arrivals through the scheduler, driven with or without overlap.
 
-    Every `eos_every`-th sampled token is EOS (0: never), so stops land mid-overlap too.
+    Every `eos_every`-th sampled token is EOS (0: never), so stops land mid-overlap too. An
+    optimistic estimate of decode growth (none) admits more than fits: preemption galore.
     """
-    scheduler = Scheduler(SchedulerLimits(page_size, num_pages, 4, max_prefill, 40, (EOS,)))
-    if optimistic:
-        scheduler.new_token_ratio = 0.0
-    prefixes = [list(range(1000 * k, 1000 * k + 12)) for k in range(4)]
-    finished: set[str] = set()
-    emitted: dict[str, list[int]] = {}
-    aborts: list[tuple[int, str]] = []
-    clock = 0
-    capacity_tokens = num_pages * page_size
-    samples = itertools.count(1)
-    driver = OverlappedSteps(scheduler, lambda: EOS if eos_every and next(samples) % eos_every == 0 else 7)
+    ratio = 0.0 if optimistic else scheduler_module.MIN_NEW_TOKEN_RATIO
+    with mock.patch.object(scheduler_module, "MIN_NEW_TOKEN_RATIO", ratio):
+        scheduler = Scheduler(SchedulerLimits(page_size, num_pages, 4, max_prefill, 40, (EOS,)))
+        if optimistic:
+            scheduler.new_token_ratio = 0.0
+        prefixes = [list(range(1000 * k, 1000 * k + 12)) for k in range(4)]
+        finished: set[str] = set()
+        emitted: dict[str, list[int]] = {}
+        aborts: list[tuple[int, str]] = []
+        clock = 0
+        capacity_tokens = num_pages * page_size
+        samples = itertools.count(1)
+        driver = OverlappedSteps(scheduler, lambda: EOS if eos_every and next(samples) % eos_every == 0 else 7)
 
-    def advance() -> None:
-        nonlocal clock
-        outputs = driver.step() if overlap else run_step(scheduler)
-        for out in outputs:
-            assert out.request_id not in finished, f"{out.request_id} reported after it finished"
-            if out.token_id is not None:
-                emitted.setdefault(out.request_id, []).append(out.token_id)
-            if out.finish_reason is not None:
-                finished.add(out.request_id)
-            if out.finish_reason == FinishReason.STOP:
-                assert emitted[out.request_id][-1] == EOS, "a stop ends on its stop token"
-        clock += 1
-        for due, rid in [a for a in aborts if a[0] <= clock]:
-            aborts.remove((due, rid))
-            if scheduler.abort(rid) is not None:
-                finished.add(rid)
-        check_invariants(scheduler)
+        def advance() -> None:
+            nonlocal clock
+            outputs = driver.step() if overlap else run_step(scheduler)
+            for out in outputs:
+                assert out.request_id not in finished, f"{out.request_id} reported after it finished"
+                if out.token_id is not None:
+                    emitted.setdefault(out.request_id, []).append(out.token_id)
+                if out.finish_reason is not None:
+                    finished.add(out.request_id)
+                if out.finish_reason == FinishReason.STOP:
+                    assert emitted[out.request_id][-1] == EOS, "a stop ends on its stop token"
+            clock += 1
+            for due, rid in [a for a in aborts if a[0] <= clock]:
+                aborts.remove((due, rid))
+                if scheduler.abort(rid) is not None:
+                    finished.add(rid)
+            check_invariants(scheduler)
 
-    added = []
-    max_tokens_of: dict[str, int] = {}
-    for i, (which, shared, tail, max_tokens, gap, abort) in enumerate(arrivals):
-        prompt = prefixes[which][:shared] + list(range(500 + 10 * i, 500 + 10 * i + tail))
-        if len(prompt) + 1 > capacity_tokens or len(prompt) >= 40:
-            continue  # refused at admission (tested elsewhere)
-        rid = f"r{i}"
-        scheduler.add(request(rid, prompt, max_tokens=max_tokens, stop=(EOS,)))
-        max_tokens_of[rid] = max_tokens
-        added.append(rid)
-        if abort:
-            aborts.append((clock + 2, rid))
-        for _ in range(gap):
-            if driver.busy if overlap else scheduler.has_work:
-                advance()
-    for _ in range(2000):
-        if not (driver.busy if overlap else scheduler.has_work):
-            break
-        advance()
-    assert set(added) <= finished, "every request finishes (or is aborted)"
-    for rid, tokens in emitted.items():
-        assert len(tokens) <= max_tokens_of[rid], f"{rid} got more than max_tokens"
-        assert EOS not in tokens[:-1], f"{rid} went on past a stop"
-    check_idle(scheduler)
+        added = []
+        max_tokens_of: dict[str, int] = {}
+        for i, (which, shared, tail, max_tokens, gap, abort) in enumerate(arrivals):
+            prompt = prefixes[which][:shared] + list(range(500 + 10 * i, 500 + 10 * i + tail))
+            if len(prompt) + 1 > capacity_tokens or len(prompt) >= 40:
+                continue  # refused at admission (tested elsewhere)
+            rid = f"r{i}"
+            scheduler.add(request(rid, prompt, max_tokens=max_tokens, stop=(EOS,)))
+            max_tokens_of[rid] = max_tokens
+            added.append(rid)
+            if abort:
+                aborts.append((clock + 2, rid))
+            for _ in range(gap):
+                if driver.busy if overlap else scheduler.has_work:
+                    advance()
+        for _ in range(2000):
+            if not (driver.busy if overlap else scheduler.has_work):
+                break
+            advance()
+        assert set(added) <= finished, "every request finishes (or is aborted)"
+        for rid, tokens in emitted.items():
+            assert len(tokens) <= max_tokens_of[rid], f"{rid} got more than max_tokens"
+            assert EOS not in tokens[:-1], f"{rid} went on past a stop"
+        check_idle(scheduler)
 
 
 # -- the engine: greedy outputs equal with the cache on and off, and equal transformers --------

@@ -286,6 +286,7 @@ class LeaderLoop:
     def _constrained_logits(self, step: ScheduledStep, logits: torch.Tensor) -> torch.Tensor:
         """The sampling rows' logits after penalties, biases and grammars (only when some row asks:
         the common step pays nothing, not even a look at the rows' tokens)."""
+        step_logits = logits
         if any(row.seq.params.adjusts_logits for row in step.sampled):
             histories = [
                 RowHistory(
@@ -298,8 +299,9 @@ class LeaderLoop:
             logits = adjust_logits(logits, histories, self.eos_token_ids)
         grammars = [row.seq.grammar if isinstance(row.seq.grammar, GrammarState) else None for row in step.sampled]
         if any(g is not None for g in grammars):
-            # A float32 copy: never mask a graph's static output in place.
-            logits = self.grammar.mask(logits.to(torch.float32, copy=True), grammars)
+            if logits is step_logits:  # never mask the step's own (maybe a graph's static) output
+                logits = logits.to(torch.float32, copy=True)
+            logits = self.grammar.mask(logits, grammars)
         return logits
 
     def _read_back(self, launched: InFlight) -> None:

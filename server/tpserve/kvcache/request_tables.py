@@ -39,7 +39,7 @@ class RequestTables:
         updates = plan.page_updates
         if len(updates) == 0:
             return
-        packed = self._to_device(np.concatenate([updates.rows, updates.cols, updates.pages]))
+        packed = to_device(np.concatenate([updates.rows, updates.cols, updates.pages]), self.device)
         rows, cols, pages = packed.view(3, -1)
         self.page_table[rows, cols] = pages.to(torch.int32)
 
@@ -72,10 +72,11 @@ class RequestTables:
         kv_indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(pages_per_row, out=kv_indptr[1:])
         sample_indices = plan.logit_token_indices()
-        packed = self._to_device(
+        packed = to_device(
             np.concatenate(
                 [plan.token_ids, plan.positions(), plan.token_rows(), plan.rows, pages_per_row, sample_indices]
-            )
+            ),
+            self.device,
         )
         token_ids, positions, token_rows, rows, pages_dev, sample_dev = torch.split(
             packed, [tokens, tokens, tokens, n, n, len(sample_indices)]
@@ -93,9 +94,6 @@ class RequestTables:
             kv_last_page_len=plan.context_lens - (pages_per_row - 1) * page_size,
             qo_indptr=qo_indptr,
         )
-
-    def _to_device(self, values: IntArray) -> torch.Tensor:
-        return to_device(values, self.device)
 
 
 def host_tensor(values: IntArray, device: torch.device) -> torch.Tensor:
