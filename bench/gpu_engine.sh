@@ -2,8 +2,8 @@
 # GPU run (one H200) for the engine work: tpserve beside Mini-SGLang first (the claim), then the
 # checks and the other benchmarks while time is left.
 #   bash bench/gpu_engine.sh OUT_DIR DEADLINE_S [STEP...]
-# Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers, with jit.tgz
-# from an earlier call when there is one) carried. STEP (default: all, in this order):
+# Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers, with jit_*.tgz
+# from an earlier call when there are some) carried. STEP (default: all, in this order):
 #   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
 #   graphs     bench/check_cuda_graph.py (graph vs eager decode)
 #   overlap    bench/check_overlap.py (overlap on and off, same tokens)
@@ -16,7 +16,7 @@ out=$1; deadline=$2; shift 2
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(peer graphs overlap memory decode prefix)
 gpu_setup "$out" > /dev/null
 export TVM_FFI_CUDA_ARCH_LIST=9.0 TOKENIZERS_PARALLELISM=false
-[ -f .peer/jit.tgz ] && tar xzf .peer/jit.tgz -C "$HOME" && echo "restored JIT caches"
+gpu_restore_jit .peer
 
 # run NAME LIMIT CMD...: skipped when less than LIMIT seconds are left before the deadline.
 run() {

@@ -16,6 +16,15 @@ gpu_setup() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 }
 
+# gpu_restore_jit DIR: flashinfer/tvm-ffi JIT caches saved by an earlier call (DIR/jit_*.tgz),
+# touched after the wheel install: ninja rebuilds every object older than the headers pip just
+# wrote, which is a full flashinfer rebuild (~80 s) on every call otherwise.
+gpu_restore_jit() {
+    local cache
+    for cache in "$1"/jit_*.tgz; do [ -f "$cache" ] && tar xzf "$cache" -C "$HOME" && echo "restored $(basename "$cache")"; done
+    find "$HOME/.cache/flashinfer" "$HOME/.cache/tvm-ffi" -type f -exec touch {} + 2>/dev/null
+}
+
 gpu_step() {
     local name=$1 limit=$2
     shift 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,7 +26,37 @@ from .scheduler import PROMPT_LOGPROBS_CHUNK
 MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit for top_logprobs
 
 
+class MemoryMeter(Protocol):
+    """Peak device memory of a stretch of work, above what was resident when it began."""
+
+    def start(self) -> None: ...
+
+    def peak_bytes(self) -> int: ...
+
+
+class CudaMemoryMeter:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.resident = 0
+
+    def start(self) -> None:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        self.resident = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_bytes(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return int(torch.cuda.max_memory_allocated(self.device) - self.resident)
+
+
+def memory_meter(device: torch.device) -> MemoryMeter | None:
+    """The meter for this device, or None where nothing is reserved (CPU: host memory is not sized so)."""
+    return CudaMemoryMeter(device) if device.type == "cuda" else None
+
+
 def step_peak_bytes(
+    meter: MemoryMeter,
     device: torch.device,
     forward_eager: Callable[[ForwardBatch], torch.Tensor],
     prefill_tokens: int,
@@ -35,10 +66,7 @@ def step_peak_bytes(
     logits_dtype: torch.dtype,
 ) -> int:
     """Peak bytes allocated by the largest prefill step and the largest sampling, above what is resident."""
-    gc.collect()
-    torch.cuda.synchronize(device)
-    resident = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    meter.start()
     pages = -(-prefill_tokens // page_size)
     # With the most prompt positions whose logits one step returns (a prompt_logprobs request).
     prompt_rows = min(PROMPT_LOGPROBS_CHUNK, prefill_tokens - 1)
@@ -53,9 +81,9 @@ def step_peak_bytes(
     seeded = sampler.new_request_rng(0)  # a seeded row takes the sorted path, the largest
     params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50, logprobs=MAX_TOP_LOGPROBS)] * sample_rows
     sampler.sample(logits, params, [seeded] * sample_rows).results()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - resident
+    peak = meter.peak_bytes()
     del logits
     gc.collect()
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return peak

@@ -23,7 +23,7 @@ from ..models.decoder import DecoderModel
 from ..models.weights import LoadProgress, fill_dummy
 from .config import EngineConfig
 from .cuda_graph import CudaGraphCapture, DecodeGraphs, GraphCapture
-from .memory_probe import step_peak_bytes
+from .memory_probe import MemoryMeter, memory_meter, step_peak_bytes
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,12 @@ class ModelRunner:
         use_graphs = config.use_cuda_graph and self._graphs_supported()
         graph_max_bs = min(config.cuda_graph_max_bs, self.max_running)
         graph_reserve = self._graph_memory_bytes(graph_max_bs) if use_graphs else 0
-        self.step_reserve = self._step_memory_bytes() if group.device.type == "cuda" else 0
+        meter = memory_meter(group.device)
+        self.step_reserve = self._step_memory_bytes(meter) if meter is not None else 0
         cache_shape = self._cache_shape(
             layout, num_pages=self._agreed_num_pages(layout, graph_reserve + self.step_reserve)
         )
         self.attention.bind(PagedKVCache(cache_shape, self.dtype, group.device))  # frees the probe
-        self.kv_cache = self.attention.cache
         log.info(
             "rank %d: KV cache %d pages x %d tokens allocated in %.2fs",
             group.rank,
@@ -162,9 +162,10 @@ class ModelRunner:
         )
         return False
 
-    def _step_memory_bytes(self) -> int:
+    def _step_memory_bytes(self, meter: MemoryMeter) -> int:
         """The largest step's transient memory (memory_probe.py), measured over the probe cache."""
         peak = step_peak_bytes(
+            meter,
             self.group.device,
             self.forward_eager,
             prefill_tokens=min(self.config.max_prefill_length, self.max_model_len),
@@ -225,6 +226,11 @@ class ModelRunner:
             reserved / 2**20,
         )
         return graphs
+
+    @property
+    def kv_cache(self) -> PagedKVCache:
+        """The cache the backend is bound to: the one-page probe cache until the real one is sized."""
+        return self.attention.cache
 
     @property
     def num_pages(self) -> int:
