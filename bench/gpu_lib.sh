@@ -16,13 +16,23 @@ gpu_setup() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 }
 
-# gpu_restore_jit DIR: flashinfer/tvm-ffi JIT caches saved by an earlier call (DIR/jit_*.tgz),
-# touched after the wheel install: ninja rebuilds every object older than the headers pip just
-# wrote, which is a full flashinfer rebuild (~80 s) on every call otherwise.
+# gpu_restore_jit DIR: flashinfer/tvm-ffi JIT caches saved by an earlier call (DIR/jit_*.tgz).
+# ninja rebuilds an object whose logged build time is older than any header it includes, and pip
+# has just written flashinfer's headers, so they are dated back first (else a full ~80 s rebuild
+# of every kernel on every call).
 gpu_restore_jit() {
     local cache
+    find /tmp/site -type f -exec touch -d 2000-01-01 {} +
     for cache in "$1"/jit_*.tgz; do [ -f "$cache" ] && tar xzf "$cache" -C "$HOME" && echo "restored $(basename "$cache")"; done
-    find "$HOME/.cache/flashinfer" "$HOME/.cache/tvm-ffi" -type f -exec touch {} + 2>/dev/null
+}
+
+# gpu_save_jit OUT_DIR: the JIT caches as they are now, one archive per library (< 16 MiB each).
+gpu_save_jit() {
+    local cache
+    for cache in flashinfer tvm-ffi; do
+        tar czf "/tmp/jit_$cache.tgz" -C "$HOME" ".cache/$cache" 2>/dev/null
+        [ "$(stat -c %s "/tmp/jit_$cache.tgz" 2>/dev/null || echo 99999999)" -lt 16000000 ] && cp "/tmp/jit_$cache.tgz" "$1/"
+    done
 }
 
 gpu_step() {

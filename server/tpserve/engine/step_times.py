@@ -7,10 +7,36 @@ Counting costs two clock reads per phase, so it is always on.
 
 from __future__ import annotations
 
+import contextlib
+import cProfile
+import pstats
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 PHASES = ("schedule", "launch", "wait", "update")
+# Set to a file path to profile the leader loop's host code with cProfile; the stats are written
+# there (and the top functions to PATH.txt) when the engine stops. For finding host time per
+# step on a GPU machine; it slows the loop down, so never for timing.
+HOST_PROFILE_ENV = "TPSERVE_HOST_PROFILE"
+
+
+@contextlib.contextmanager
+def host_profile(path: str | None) -> Iterator[None]:
+    if not path:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
+        with open(f"{path}.txt", "w") as report:
+            stats = pstats.Stats(profiler, stream=report).sort_stats("tottime")
+            stats.print_stats(40)
+            stats.sort_stats("cumulative").print_stats(40)
 
 
 class StepTimes:

@@ -42,7 +42,7 @@ from .messages import (
 from .runner import ModelRunner
 from .sampling import PendingPromptLogprobs, PendingSamples, Sampler
 from .scheduler import FinishReason, RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence, StepOutput
-from .step_times import StepTimes
+from .step_times import HOST_PROFILE_ENV, StepTimes, host_profile
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def rank_main(
         status.put(RankReady(rank, time.monotonic() - started))
         if group.is_leader:
             assert inbox is not None
-            LeaderLoop(config, runner, group, status, inbox).run()
+            with host_profile(os.environ.get(HOST_PROFILE_ENV)):
+                LeaderLoop(config, runner, group, status, inbox).run()
         else:
             follower_loop(runner, group)
     except BaseException as exc:  # report, then die non-zero: the group cannot continue
