@@ -141,3 +141,51 @@ def test_scheduler_bench_prints_a_row_per_size() -> None:
         ["16", "on"],
         ["16", "off"],
     ]
+
+
+def test_prefill_bench_counts_model_flops_and_reports_mfu(tmp_path: Path, tiny_checkpoint) -> None:
+    out = tmp_path / "prefill.json"
+    shape = tiny_checkpoint("llama") / "config.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "prefill.py"),
+            "--shape",
+            str(shape),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--attn",
+            "torch",
+            "--tokens",
+            "96",
+            "--iters",
+            "1",
+            "--peak-tflops",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MFU" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["tokens"] == 96 and result["step_ms"] > 0
+    assert result["mfu"] == pytest.approx(result["achieved_tflops"] / 1.0)
+
+
+def test_model_flops_of_the_llama_8b_shape_match_its_parameter_count() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from prefill import model_flops
+
+    from tpserve.models.config import ModelConfig
+
+    config = ModelConfig.from_dict(json.loads((REPO / "bench" / "shapes" / "llama-3.1-8b.json").read_text()))
+    # Llama-3.1-8B: 8.03e9 parameters, 2 x 0.525e9 of them in the embedding and the LM head.
+    per_token_linear = model_flops(config, 2) - model_flops(config, 1)  # one more token, minus attention's growth
+    attention_growth = 2 * (2 * 2 - 1) * config.num_heads * config.head_dim * config.num_layers
+    assert (per_token_linear - attention_growth) / 2 == pytest.approx(8.03e9 - 2 * 0.5254e9, rel=0.01)
