@@ -19,6 +19,8 @@ import torch
 from ..core.errors import ConfigError
 from ..engine.config import EngineConfig
 from ..models.config import ModelConfig
+from .reasoning import REASONING_PARSERS
+from .tool_calls import TOOL_CALL_PARSERS
 
 
 def _positive_int(text: str) -> int:
@@ -130,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serving.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
     serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serving.add_argument(
+        "--tool-call-parser",
+        choices=TOOL_CALL_PARSERS,
+        help="the model's tool-call syntax, for tool_choice auto (default: detected from the chat template)",
+    )
+    serving.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help="accepted for vLLM's command lines: tool_choice auto works whenever a tool-call parser is known",
+    )
+    serving.add_argument(
+        "--reasoning-parser",
+        choices=REASONING_PARSERS,
+        help="return a thinking model's <think>...</think> as reasoning_content (qwen3, deepseek_r1)",
+    )
 
     engine = parser.add_argument_group("engine")
     engine.add_argument(
@@ -197,6 +214,8 @@ class ServerArgs:
     port: int
     api_key: str | None
     log_level: str
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
 
 
 def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
@@ -257,6 +276,8 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
         port=ns.port,
         api_key=ns.api_key,
         log_level=ns.log_level,
+        tool_call_parser=ns.tool_call_parser,
+        reasoning_parser=ns.reasoning_parser,
     )
 
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine.sampling import TokenLogprobs
 from ..engine.scheduler import RequestError
+from .chat_output import ChatStreamShaper, ToolMode, shape_message
 from .health import GroupMonitor
 from .metrics import ServerMetrics
 from .openai_protocol import (
@@ -251,6 +252,7 @@ def create_api_app(
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         s = serving()
         s.check_model(body.model)
+        tools = s.tool_mode(body)
         prompt = await s.chat_prompt(body)
         top = (body.top_logprobs or 0) if body.logprobs else None
         choices = s.make_choices(body, [prompt], body.token_limit, top)
@@ -258,20 +260,13 @@ def create_api_app(
         base = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": s.model_name}
         if body.stream:
             report = UsageReport.of(body.stream_options)
-            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, report, eos_ids), request)
+            shapers = {c.index: ChatStreamShaper(s.parsers.think, tools) for c in choices}
+            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, shapers, report, eos_ids), request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
         return JSONResponse(
             base
             | {
-                "choices": [
-                    {
-                        "index": c.index,
-                        "message": {"role": "assistant", "content": c.matcher.text},
-                        "logprobs": s.chat_logprobs(c.logprobs) if body.logprobs else None,
-                        "finish_reason": c.finish_reason,
-                    }
-                    for c in choices
-                ],
+                "choices": [_chat_choice(s, body, tools, c) for c in choices],
                 "usage": usage([prompt], choices),
             }
         )
@@ -312,6 +307,18 @@ def _stream(chunks: AsyncIterator[str], request: Request) -> StreamingResponse:
         yield sse("[DONE]")
 
     return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _chat_choice(
+    s: OpenAIServing, body: ChatCompletionRequest, tools: ToolMode | None, c: ChoiceState
+) -> dict[str, Any]:
+    message, made_calls = shape_message(c.matcher.text, s.parsers.think, tools)
+    return {
+        "index": c.index,
+        "message": message,
+        "logprobs": s.chat_logprobs(c.logprobs) if body.logprobs else None,
+        "finish_reason": tools.finish_reason(c.finish_reason, made_calls) if tools else c.finish_reason,
+    }
 
 
 def _completion_choice(s: OpenAIServing, body: CompletionRequest, c: ChoiceState) -> dict[str, Any]:
@@ -382,38 +389,34 @@ async def _chat_chunks(
     base: dict[str, Any],
     prompts: list[list[int]],
     choices: list[ChoiceState],
+    shapers: dict[int, ChatStreamShaper],
     report: UsageReport,
     eos_ids: tuple[int, ...],
 ) -> AsyncIterator[str]:
     base = base | {"object": "chat.completion.chunk"}
     want_logprobs = choices[0].params.logprobs is not None
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any, finish_reason: str | None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse(base | {"choices": [choice]} | report.in_chunk(prompts, choices))
+
     for c in choices:
-        yield sse(
-            base
-            | {
-                "choices": [
-                    {
-                        "index": c.index,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ]
-            }
-            | report.in_chunk(prompts, choices)
-        )
+        yield chunk(c.index, {"role": "assistant", "content": ""}, None, None)
     async for delta in s.merged(request_id, choices, eos_ids):
+        shaper = shapers[delta.index]
         logprobs = s.chat_logprobs(delta.logprobs) if want_logprobs else None
-        content = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
-        yield sse(
-            base
-            | {
-                "choices": [
-                    {"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
-                ]
-            }
-            | report.in_chunk(prompts, choices)
-        )
+        parts = shaper.feed(delta.text)
+        finish_reason = delta.finish_reason
+        if finish_reason is not None:
+            rest, made_calls = shaper.finish()
+            parts += rest
+            if shaper.tools is not None:
+                finish_reason = shaper.tools.finish_reason(finish_reason, made_calls)
+        if not parts and (finish_reason is not None or logprobs is not None):
+            parts = [{}]  # the finish reason (or the token's logprobs) still needs a chunk
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            yield chunk(delta.index, part, logprobs if i == 0 else None, finish_reason if last else None)
     if report.final:
         yield sse(base | {"choices": [], "usage": usage(prompts, choices)})
 

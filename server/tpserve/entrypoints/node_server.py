@@ -25,7 +25,7 @@ from .engine_client import AsyncEngine
 from .health import GroupMonitor
 from .http_app import create_api_app, create_worker_app
 from .metrics import ServerMetrics
-from .openai_serving import OpenAIServing
+from .openai_serving import ChatParsers, OpenAIServing
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,12 @@ class NodeServer:
         self.monitor.engine_ready = True
         self.metrics.set_num_pages(self.engine.info.num_pages)
         serving = OpenAIServing(
-            self.engine, tokenizer, self.args.served_model_name, self.args.model.vocab_size, self.metrics
+            self.engine,
+            tokenizer,
+            self.args.served_model_name,
+            self.args.model.vocab_size,
+            self.metrics,
+            ChatParsers.of(self.args.tool_call_parser, self.args.reasoning_parser, tokenizer),
         )
         started = time.monotonic()
         self.serving = serving

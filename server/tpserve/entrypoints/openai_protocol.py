@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..engine.sampling import StructuredOutput
+from .tool_calls import named_call_schema, required_calls_schema
 
 log = logging.getLogger(__name__)
 _warned_fields: set[str] = set()
@@ -115,6 +116,9 @@ class SamplingFields(StrictModel):
                 asked.append((name, StructuredOutput(kind, value)))
         if self.guided_choice is not None:
             asked.append(("guided_choice", StructuredOutput("choice", json.dumps(self.guided_choice))))
+        forced = getattr(self, "forced_tool_constraint", lambda: None)()
+        if forced is not None:
+            asked.append(("tool_choice", forced))
         response_format = getattr(self, "response_format", None)
         if isinstance(response_format, ResponseFormat) and response_format.type != "text":
             if response_format.json_schema is not None:
@@ -170,15 +174,85 @@ class TextPart(StrictModel):
     text: str
 
 
+class AssistantFunctionCall(StrictModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class AssistantToolCall(StrictModel):
+    """A tool call an earlier assistant message made (sent back in the conversation)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: AssistantFunctionCall
+
+
 class ChatMessage(StrictModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # an assistant message's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    reasoning_content: str | None = None  # an assistant message's reasoning, as returned (not rendered)
+
+    @model_validator(mode="after")
+    def _roles(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs tool_call_id")
+        return self
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it (HF's convention: tool-call arguments as a dict)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # rendered as the client sent it
+
+
+class FunctionDefinition(StrictModel):
+    name: Annotated[str, Field(min_length=1)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments
+    strict: bool | None = None
+
+
+class ToolDefinition(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(StrictModel):
+    name: str
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaFormat(StrictModel):
@@ -205,9 +279,9 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     # vLLM's chat template controls
     add_generation_prompt: bool = True
     continue_final_message: bool = False  # render the last (assistant) message open, to continue it
@@ -215,8 +289,15 @@ class ChatCompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools are not supported")
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError("tools must have distinct function names")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(
+                f"tool_choice names the function {self.tool_choice.function.name!r}, which is not in tools"
+            )
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice required needs tools")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError("continue_final_message needs add_generation_prompt to be false")
         if self.continue_final_message and self.messages[-1].role != "assistant":
@@ -228,6 +309,29 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """OpenAI's default: auto when tools are given, none otherwise."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
+
+    def tool_functions(self) -> list[dict[str, Any]]:
+        return [tool.function.model_dump(exclude_none=True) for tool in self.tools or []]
+
+    def forced_tool_constraint(self) -> StructuredOutput | None:
+        """The grammar that makes the answer a tool call (tool_choice required or a named function)."""
+        choice = self.effective_tool_choice
+        functions = self.tool_functions()
+        if choice == "required":
+            schema = required_calls_schema(functions, self.parallel_tool_calls)
+        elif isinstance(choice, NamedToolChoice):
+            [function] = [f for f in functions if f["name"] == choice.function.name]
+            schema = named_call_schema(function)
+        else:
+            return None
+        return StructuredOutput("json_schema", json.dumps(schema))
 
 
 class TokenizeRequest(StrictModel):

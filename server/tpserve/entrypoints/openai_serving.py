@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -15,10 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.sampling import SamplingParams, StructuredOutput, TokenLogprobs
+from .chat_output import ToolMode
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .engine_client import AsyncEngine
 from .metrics import ServerMetrics
-from .openai_protocol import ChatCompletionRequest, CompletionRequest, PromptInput, SamplingFields, TokenizeRequest
+from .openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+    PromptInput,
+    SamplingFields,
+    TokenizeRequest,
+)
+from .reasoning import ThinkTags, reasoning_tags
+from .tool_calls import TOOL_CALL_PARSERS, detect_tool_call_parser, tool_call_parser
+
+log = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
@@ -49,15 +62,38 @@ class ChoiceDelta:
     finish_reason: str | None
 
 
+@dataclass(frozen=True)
+class ChatParsers:
+    """How chat answers are read back: the model's tool-call syntax and its thinking tags."""
+
+    tool_call_parser: str | None = None
+    think: ThinkTags | None = None
+
+    @staticmethod
+    def of(tool_call_parser: str | None, reasoning_parser: str | None, tokenizer: Any) -> ChatParsers:
+        template = getattr(tokenizer, "chat_template", None)
+        detected = tool_call_parser or detect_tool_call_parser(template if isinstance(template, str) else None)
+        if detected is not None and tool_call_parser is None:
+            log.info("tool calls: the chat template writes them %s-style (--tool-call-parser to change)", detected)
+        return ChatParsers(detected, reasoning_tags(reasoning_parser) if reasoning_parser else None)
+
+
 class OpenAIServing:
     def __init__(
-        self, engine: AsyncEngine, tokenizer: Any, model_name: str, vocab_size: int, metrics: ServerMetrics
+        self,
+        engine: AsyncEngine,
+        tokenizer: Any,
+        model_name: str,
+        vocab_size: int,
+        metrics: ServerMetrics,
+        parsers: ChatParsers = ChatParsers(),
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.metrics = metrics
         self.vocab_size = vocab_size
+        self.parsers = parsers
 
     # -- request -> engine requests ------------------------------------------------------------
     @property
@@ -88,7 +124,7 @@ class OpenAIServing:
 
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         if request.messages is not None:
-            messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+            messages = [m.for_template() for m in request.messages]
 
             def render() -> list[int]:
                 text = self.tokenizer.apply_chat_template(
@@ -102,12 +138,33 @@ class OpenAIServing:
             lambda: list(self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens))
         )
 
+    def tool_mode(self, request: ChatCompletionRequest) -> ToolMode | None:
+        """How this request's answer calls tools (None: it does not)."""
+        choice = request.effective_tool_choice
+        if choice == "none":
+            return None
+        if choice == "required":
+            return ToolMode("required", parallel=request.parallel_tool_calls)
+        if isinstance(choice, NamedToolChoice):
+            return ToolMode("named", function=choice.function.name)
+        if self.parsers.tool_call_parser is None:
+            raise BadRequest(
+                "tool_choice auto needs the model's tool-call syntax, which its chat template does not show: "
+                f"start the server with --tool-call-parser ({', '.join(TOOL_CALL_PARSERS)}), or send "
+                "tool_choice required or a named function",
+                "tool_choice",
+            )
+        return ToolMode("auto", tool_call_parser(self.parsers.tool_call_parser), parallel=request.parallel_tool_calls)
+
     async def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        messages = [m.for_template() for m in request.messages]
+        # Templates that take tools render them into the prompt (as vLLM does, also for "none").
+        tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
 
         def render() -> list[int]:
             text = self.tokenizer.apply_chat_template(
                 messages,
+                tools=tools,
                 tokenize=False,
                 add_generation_prompt=request.add_generation_prompt,
                 continue_final_message=request.continue_final_message,
