@@ -641,3 +641,30 @@ def test_server_keeps_serving_after_bad_input(client: openai.OpenAI, server: Ser
     out = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=3, **greedy())
     assert out.usage.completion_tokens == 3
     assert server.proc.poll() is None
+
+
+def test_openapi_document_lists_every_endpoint_and_request_field(server: ServerProcess) -> None:
+    from tpserve.entrypoints.openai_protocol import ChatCompletionRequest, CompletionRequest, TokenizeRequest
+
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    paths = document["paths"]
+    for path, method in [
+        ("/v1/completions", "post"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+        ("/tokenize", "post"),
+        ("/detokenize", "post"),
+        ("/version", "get"),
+        ("/health", "get"),
+        ("/health_generate", "get"),
+        ("/metrics", "get"),
+    ]:
+        assert method in paths.get(path, {}), f"{method.upper()} {path} missing from /openapi.json"
+    schemas = document["components"]["schemas"]
+    for model in (CompletionRequest, ChatCompletionRequest, TokenizeRequest):
+        described = schemas[model.__name__]
+        names = {field.alias or name for name, field in model.model_fields.items()}
+        assert names <= set(described["properties"]), names - set(described["properties"])
+        assert described.get("additionalProperties", True) is not False  # unknown fields are accepted
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    assert {"tools", "tool_choice", "response_format", "guided_json", "chat_template_kwargs"} <= set(chat)
