@@ -116,19 +116,14 @@ class SamplingFields(StrictModel):
                 asked.append((name, StructuredOutput(kind, value)))
         if self.guided_choice is not None:
             asked.append(("guided_choice", StructuredOutput("choice", json.dumps(self.guided_choice))))
-        forced = getattr(self, "forced_tool_constraint", lambda: None)()
-        if forced is not None:
-            asked.append(("tool_choice", forced))
-        response_format = getattr(self, "response_format", None)
-        if isinstance(response_format, ResponseFormat) and response_format.type != "text":
-            if response_format.json_schema is not None:
-                text = json.dumps(response_format.json_schema.schema_)
-                asked.append(("response_format", StructuredOutput("json_schema", text)))
-            else:
-                asked.append(("response_format", StructuredOutput("json_object")))
+        asked += self.endpoint_constraints()
         if len(asked) > 1:
             raise ValueError(f"give one structured-output constraint, not {', '.join(n for n, _ in asked)}")
         return asked[0][1] if asked else None
+
+    def endpoint_constraints(self) -> list[tuple[str, StructuredOutput]]:
+        """Constraints from fields only one endpoint has (chat: response_format, tool_choice)."""
+        return []
 
     @property
     def stop_strings(self) -> list[str]:
@@ -319,6 +314,20 @@ class ChatCompletionRequest(SamplingFields):
 
     def tool_functions(self) -> list[dict[str, Any]]:
         return [tool.function.model_dump(exclude_none=True) for tool in self.tools or []]
+
+    def endpoint_constraints(self) -> list[tuple[str, StructuredOutput]]:
+        asked: list[tuple[str, StructuredOutput]] = []
+        forced = self.forced_tool_constraint()
+        if forced is not None:
+            asked.append(("tool_choice", forced))
+        response_format = self.response_format
+        if response_format is not None and response_format.type != "text":
+            if response_format.json_schema is not None:
+                text = json.dumps(response_format.json_schema.schema_)
+                asked.append(("response_format", StructuredOutput("json_schema", text)))
+            else:
+                asked.append(("response_format", StructuredOutput("json_object")))
+        return asked
 
     def forced_tool_constraint(self) -> StructuredOutput | None:
         """The grammar that makes the answer a tool call (tool_choice required or a named function)."""
