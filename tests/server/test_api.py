@@ -296,6 +296,28 @@ def test_echo_scores_the_prompt_like_transformers(client: openai.OpenAI, model_d
     assert echoed.logprobs is not None and echoed.logprobs.token_logprobs is not None
     assert len(echoed.logprobs.token_logprobs) == len(ids) + 3
     assert echoed.logprobs.token_logprobs[1 : len(ids)] == pytest.approx(logprobs.token_logprobs[1:], abs=1e-4)
+    # Streamed, the prompt comes first, then the same continuation and log-probabilities.
+    for max_tokens in (0, 3):
+        whole = client.completions.create(
+            model="tiny", prompt=ids, max_tokens=max_tokens, echo=True, logprobs=1, **greedy()
+        )
+        stream = client.completions.create(
+            model="tiny", prompt=ids, max_tokens=max_tokens, echo=True, logprobs=1, stream=True, **greedy()
+        )
+        text, token_logprobs, offsets, finish = "", [], [], None
+        for chunk in stream:
+            [part] = chunk.choices
+            text += part.text
+            if part.logprobs is not None:
+                token_logprobs += part.logprobs.token_logprobs or []
+                offsets += part.logprobs.text_offset or []
+            finish = part.finish_reason or finish
+        [expected_choice] = whole.choices
+        assert text == expected_choice.text and finish == expected_choice.finish_reason
+        assert expected_choice.logprobs is not None
+        assert token_logprobs == pytest.approx(expected_choice.logprobs.token_logprobs, abs=1e-5)
+        # The echoed prompt's offsets (a stream's generated tokens are placed by the text sent so far).
+        assert offsets[: len(ids)] == expected_choice.logprobs.text_offset[: len(ids)]
 
 
 def test_vllm_prompt_logprobs_extension(client: openai.OpenAI, model_dir: Path) -> None:
@@ -580,7 +602,6 @@ BAD_COMPLETIONS = [
     ({"model": "tiny", "prompt": "hi", "top_p": 0}, "top_p"),
     ({"model": "tiny", "prompt": "hi", "n": 3, "best_of": 2}, "best_of"),
     ({"model": "tiny", "prompt": "hi", "n": 1, "best_of": 2, "stream": True}, "best_of"),
-    ({"model": "tiny", "prompt": "hi", "echo": True, "stream": True}, "echo"),
 ]
 
 

@@ -237,7 +237,8 @@ def create_api_app(
         base = {"id": request_id, "object": "text_completion", "created": created, "model": s.model_name}
         if body.stream:
             report = UsageReport.of(body.stream_options)
-            return _stream(_completion_chunks(s, request_id, base, prompts, choices, report, eos_ids), request)
+            chunks = _completion_chunks(s, request_id, base, prompts, choices, report, eos_ids, body.echo)
+            return _stream(chunks, request)
         await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
         returned = best_choices(choices, candidates, body.n) if candidates > body.n else choices
         return JSONResponse(
@@ -367,10 +368,24 @@ async def _completion_chunks(
     choices: list[ChoiceState],
     report: UsageReport,
     eos_ids: tuple[int, ...],
+    echo: bool,
 ) -> AsyncIterator[str]:
     offsets = {c.index: 0 for c in choices}
     want_logprobs = choices[0].params.logprobs is not None
+    by_index = {c.index: c for c in choices}
+    echoed: set[int] = set()
     async for delta in s.merged(request_id, choices, eos_ids):
+        if echo and delta.index not in echoed:
+            # A choice's prompt (and its log-probabilities, which come before any token) goes first.
+            echoed.add(delta.index)
+            c = by_index[delta.index]
+            text = s.tokenizer.decode(c.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            entries = list(zip(c.prompt_ids, c.prompt_logprobs))
+            logprobs = s.completion_logprobs(entries) if want_logprobs else None
+            # Offsets go on from the prompt tokens' own texts, as in the non-streamed answer.
+            offsets[delta.index] = sum(len(t) for t in logprobs["tokens"]) if logprobs else len(text)
+            choice = {"index": delta.index, "text": text, "logprobs": logprobs, "finish_reason": None}
+            yield sse(base | {"choices": [choice]} | report.in_chunk(prompts, choices))
         logprobs = s.completion_logprobs(delta.logprobs, offsets[delta.index]) if want_logprobs else None
         offsets[delta.index] += len(delta.text)
         chunk = base | {

@@ -146,8 +146,6 @@ class CompletionRequest(SamplingFields):
     def _completion_checks(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
             raise ValueError("max_tokens must be >= 1 (0 only with echo, to score the prompt)")
-        if self.echo and self.stream:
-            raise ValueError("echo with stream is not supported yet; send stream: false")
         if self.suffix:
             raise ValueError("suffix is not supported")
         if self.best_of is not None and self.best_of < self.n:
