@@ -81,6 +81,14 @@ def _streamed_calls(stream: Any) -> tuple[str, list[dict[str, str]], str | None]
     return content, [calls[i] for i in sorted(calls)], finish
 
 
+def _whole_calls(response: Any) -> tuple[str, list[dict[str, str]], str | None]:
+    """Content, tool calls (name, arguments) and finish reason of a non-streamed answer."""
+    message = response.choices[0].message
+    assert all(c.id.startswith("call_") and c.type == "function" for c in message.tool_calls or [])
+    calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
+    return message.content or "", calls, response.choices[0].finish_reason
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_required_tool_choice_always_returns_a_valid_call(client: openai.OpenAI, stream: bool) -> None:
     request = {
@@ -96,11 +104,7 @@ def test_required_tool_choice_always_returns_a_valid_call(client: openai.OpenAI,
     if stream:
         content, calls, finish = _streamed_calls(client.chat.completions.create(stream=True, **request))
     else:
-        response = client.chat.completions.create(**request)
-        message = response.choices[0].message
-        content, finish = message.content or "", response.choices[0].finish_reason
-        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
-        assert all(c.id.startswith("call_") and c.type == "function" for c in message.tool_calls or [])
+        content, calls, finish = _whole_calls(client.chat.completions.create(**request))
     assert finish == "tool_calls" and content == ""
     [call] = calls
     arguments = json.loads(call["arguments"])
@@ -136,10 +140,7 @@ def test_auto_tool_choice_parses_the_models_hermes_syntax(client: openai.OpenAI,
     if stream:
         content, calls, finish = _streamed_calls(client.chat.completions.create(stream=True, **request))
     else:
-        response = client.chat.completions.create(**request)
-        message = response.choices[0].message
-        content, finish = message.content or "", response.choices[0].finish_reason
-        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
+        content, calls, finish = _whole_calls(client.chat.completions.create(**request))
     assert content == "Checking."
     assert calls == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
     assert finish == "tool_calls"
