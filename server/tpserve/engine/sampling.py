@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,21 +71,21 @@ class SamplingParams:
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
 
-    @property
+    @functools.cached_property  # read per row per step: computed once
     def penalizes_repeats(self) -> bool:
         """Whether its logits depend on the tokens generated so far (not only on their number)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
-    @property
+    @functools.cached_property  # read per row per step: computed once
     def needs_previous_token(self) -> bool:
         """Its next step cannot be planned before its newest token is on the host (no overlap)."""
         return self.penalizes_repeats or self.structured is not None
 
-    @property
+    @functools.cached_property  # read per row per step: computed once
     def adjusts_logits(self) -> bool:
         return self.penalizes_repeats or self.min_tokens > 0 or bool(self.logit_bias)
 
-    @property
+    @functools.cached_property  # read per row per step: computed once
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 

@@ -257,20 +257,22 @@ class Scheduler:
         self._step_rows = {}
         self._preempted_this_step = False
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        decodable = [s for s in self._running.values() if self._can_decode(s)]
         has_prefill = bool(self.waiting) or any(not s.on_device for s in self._running.values())
-        has_decode = any(self._can_decode(s) for s in self._running.values())
         # Alternate when both have work: a stream waits at most one prefill step between tokens.
-        prefill_first = has_prefill and (not has_decode or not self._last_step_prefilled)
-        kinds = [self._plan_prefill, self._plan_decode] if prefill_first else [self._plan_decode, self._plan_prefill]
-        for plan_kind in kinds:
-            plan_kind()
+        prefill_first = has_prefill and (not decodable or not self._last_step_prefilled)
+        for prefill in (True, False) if prefill_first else (False, True):
+            if prefill:
+                self._plan_prefill()
+            else:
+                self._plan_decode(decodable)
             if self._step_rows:
-                self._last_step_prefilled = plan_kind == self._plan_prefill
+                self._last_step_prefilled = prefill
                 return self._build_step(list(self._step_rows.values()))
         return None
 
-    def _plan_decode(self) -> None:
-        for seq in [s for s in self._running.values() if self._can_decode(s)]:
+    def _plan_decode(self, decodable: list[Sequence]) -> None:
+        for seq in decodable:
             if seq.request_id not in self._running:
                 continue  # preempted while making room for an earlier one
             if self._grow(seq):
@@ -327,13 +329,15 @@ class Scheduler:
         )
         sampled: list[SampledRow] = []
         for seq, n in rows:
+            decoding = seq.on_device  # its newest page fills when its sampled token is known (update)
             seq.num_cached += n
             if seq.num_cached == len(seq.token_ids):
                 sampled.append(SampledRow(seq, seq.epoch, len(seq.token_ids)))
                 seq.token_ids.append(PLACEHOLDER)
                 seq.num_pending += 1
                 seq.on_device = True
-            self._cache_full_pages(seq)
+            if not decoding:
+                self._cache_full_pages(seq)
         return ScheduledStep(batch, [seq for seq, _ in rows], sampled, prompt_rows, prompt_targets)
 
     def _prompt_logit_rows(self, rows: list[tuple[Sequence, int]]) -> tuple[list[int], list[PromptRow], list[int]]:
@@ -430,6 +434,8 @@ class Scheduler:
     def _grow(self, seq: Sequence) -> bool:
         """Room for one more token of `seq`, preempting others if needed; False if `seq` ended."""
         needed = self._pages_for(seq.num_cached + 1) - len(seq.pages)
+        if needed <= 0:
+            return True  # most steps: the token fits the last page
         while needed > self._capacity():
             victim = self._least_progress(besides=seq)
             if victim is None and seq.num_pending:
@@ -528,11 +534,10 @@ class Scheduler:
             seq.token_ids[row.token_index] = result.token_id
             seq.num_pending -= 1
             reason = self._finish_reason(seq, row.token_index, result.token_id)
+            self._cache_full_pages(seq)  # a page its input token completed is shared even if it ends now
             if reason is not None:
                 seq.finish_reason = reason
                 self._finish(seq)
-            else:
-                self._cache_full_pages(seq)
             outputs.append(StepOutput(seq.request_id, result.token_id, result.logprobs, reason))
         return outputs
 
