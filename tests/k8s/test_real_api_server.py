@@ -9,12 +9,17 @@ asserted here as a user would see it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from tpserve_operator.kube import Kube
 
 from .control_plane import REPO, ControlPlane
 
@@ -100,3 +105,50 @@ def test_statefulset_pods_come_from_the_controller_and_go_with_their_owner(
     control_plane.wait_for(lambda: pods() == ["pod/group-0", "pod/group-1"], "the StatefulSet's pods")
     control_plane.kubectl("delete", "statefulset", "group", "-n", namespace, "--cascade=background")
     control_plane.wait_for(lambda: pods() == [], "garbage collection of the StatefulSet's pods")
+
+
+def _operator_kube(plane: ControlPlane) -> Kube:
+    """The operator's API wrapper, talking to the test cluster as the admin."""
+    api = kube_config.new_client_from_config(config_file=str(plane.kubeconfig))
+    kube = Kube.__new__(Kube)  # its constructor reads the in-cluster or default kubeconfig
+    kube.core, kube.apps, kube.custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+    return kube
+
+
+def _statefulset(namespace: str, env: dict[str, str]) -> dict[str, object]:
+    body = yaml.safe_load(STATEFULSET)
+    body["metadata"]["namespace"] = namespace
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return body
+
+
+APPLY_BUG = "issue 18: the operator applies a strategic-merge patch of the whole object, so removals never land"
+
+
+@pytest.mark.xfail(strict=True, reason=APPLY_BUG)
+def test_an_env_var_removed_from_the_spec_leaves_the_statefulset(control_plane: ControlPlane, namespace: str) -> None:
+    kube = _operator_kube(control_plane)
+    asyncio.run(kube.apply(_statefulset(namespace, {"KEEP": "1", "DROP": "2"})))
+    assert asyncio.run(kube.apply(_statefulset(namespace, {"KEEP": "1"}))) == "patched"
+    live = control_plane.kubectl("get", "statefulset", "group", "-n", namespace, "-o", "json").stdout
+    env = json.loads(live)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["KEEP"]
+
+
+@pytest.mark.xfail(strict=True, reason=APPLY_BUG)
+def test_a_changed_service_port_replaces_the_old_one(control_plane: ControlPlane, namespace: str) -> None:
+    kube = _operator_kube(control_plane)
+
+    def service(port: int) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "api", "namespace": namespace},
+            "spec": {"selector": {"app": "group"}, "ports": [{"name": "http", "port": port, "targetPort": port}]},
+        }
+
+    asyncio.run(kube.apply(service(8000)))
+    asyncio.run(kube.apply(service(9000)))  # today: 422, the merged list holds two ports named http
+    live = json.loads(control_plane.kubectl("get", "service", "api", "-n", namespace, "-o", "json").stdout)
+    assert [p["port"] for p in live["spec"]["ports"]] == [9000]
