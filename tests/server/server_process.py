@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -59,6 +61,17 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._log.close()
+
+
+@contextlib.contextmanager
+def healthy_server(args: list[str], log_path: Path) -> Iterator[ServerProcess]:
+    """A server started with `args`, healthy before it is yielded, stopped after."""
+    proc = ServerProcess(args, log_path)
+    try:
+        proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
 
 
 def poll_until(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from tpserve import LLM, SamplingParams
 
-from .server_process import ServerProcess, poll_until
+from .server_process import ServerProcess, healthy_server, poll_until
 from .test_prompt_logprobs import hf_prompt_logprobs
 
 API_KEY = "test-key"
@@ -32,28 +32,9 @@ def model_dir(tiny_checkpoint) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    proc = ServerProcess(
-        [
-            "--model",
-            str(model_dir),
-            "--tp",
-            "2",
-            "--device",
-            "cpu",
-            "--served-model-name",
-            "tiny",
-            "--api-key",
-            API_KEY,
-            "--max-prefill-length",
-            "64",
-        ],
-        log,
-    )
-    try:
-        proc.wait_healthy()
+    args = ["--model", str(model_dir), "--tp", "2", "--device", "cpu", "--served-model-name", "tiny"]
+    with healthy_server([*args, "--api-key", API_KEY, "--max-prefill-length", "64"], log) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture()

@@ -12,30 +12,32 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_offline_bench_prints_table_and_json(tmp_path: Path, tiny_checkpoint) -> None:
-    out = tmp_path / "bench.json"
+def run_bench(script: str, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """bench/SCRIPT with ARGS; it must succeed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "offline.py"),
-            "--model",
-            str(tiny_checkpoint("qwen3")),
-            "--tp",
-            "2",
-            "--num-requests",
-            "5",
-            "--min-len",
-            "4",
-            "--max-len",
-            "12",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True, timeout=timeout_s
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_offline_bench_prints_table_and_json(tmp_path: Path, tiny_checkpoint) -> None:
+    out = tmp_path / "bench.json"
+    proc = run_bench(
+        "offline.py",
+        "--model",
+        str(tiny_checkpoint("qwen3")),
+        "--tp",
+        "2",
+        "--num-requests",
+        "5",
+        "--min-len",
+        "4",
+        "--max-len",
+        "12",
+        "--json",
+        str(out),
+    )
     assert "out tok/s" in proc.stdout
     [result] = json.loads(out.read_text())
     assert result["requests"] == 5 and result["tp"] == 2
@@ -45,30 +47,23 @@ def test_offline_bench_prints_table_and_json(tmp_path: Path, tiny_checkpoint) ->
 
 def test_online_bench_streams_through_the_http_api(tmp_path: Path, tiny_checkpoint) -> None:
     out = tmp_path / "online.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "online.py"),
-            "--model",
-            str(tiny_checkpoint("llama")),
-            "--device",
-            "cpu",
-            "--concurrency",
-            "1,3",
-            "--requests-per-client",
-            "2",
-            "--input-len",
-            "12",
-            "--output-len",
-            "6",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_bench(
+        "online.py",
+        "--model",
+        str(tiny_checkpoint("llama")),
+        "--device",
+        "cpu",
+        "--concurrency",
+        "1,3",
+        "--requests-per-client",
+        "2",
+        "--input-len",
+        "12",
+        "--output-len",
+        "6",
+        "--json",
+        str(out),
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TTFT p50" in proc.stdout
     single, crowd = json.loads(out.read_text())
     assert (single["concurrency"], single["requests"]) == (1, 2) and (crowd["concurrency"], crowd["requests"]) == (3, 6)
@@ -81,36 +76,29 @@ def test_online_bench_runs_a_group_as_two_nodes_with_the_same_greedy_output(tmp_
     results = {}
     for nnodes in (1, 2):
         out = tmp_path / f"nodes{nnodes}.json"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "bench" / "online.py"),
-                "--model",
-                str(tiny_checkpoint("llama")),
-                "--device",
-                "cpu",
-                "--tp",
-                "2",
-                "--nnodes",
-                str(nnodes),
-                "--greedy-prompts",
-                "2",
-                "--concurrency",
-                "2",
-                "--requests-per-client",
-                "1",
-                "--input-len",
-                "8",
-                "--output-len",
-                "4",
-                "--json",
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        proc = run_bench(
+            "online.py",
+            "--model",
+            str(tiny_checkpoint("llama")),
+            "--device",
+            "cpu",
+            "--tp",
+            "2",
+            "--nnodes",
+            str(nnodes),
+            "--greedy-prompts",
+            "2",
+            "--concurrency",
+            "2",
+            "--requests-per-client",
+            "1",
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--json",
+            str(out),
         )
-        assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"nnodes={nnodes}" in proc.stdout
         results[nnodes] = json.loads(out.read_text())
     one, two = results[1], results[2]
@@ -120,10 +108,8 @@ def test_online_bench_runs_a_group_as_two_nodes_with_the_same_greedy_output(tmp_
 
 
 def test_prefix_bench_computes_fewer_prompt_tokens_with_the_cache(tmp_path: Path) -> None:
-    command = [sys.executable, str(REPO / "bench" / "prefix.py"), "--prompts", "2", "--questions", "3"]
-    command += ["--system-len", "32", "--conversations", "2", "--turns", "2"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    args = ["--prompts", "2", "--questions", "3", "--system-len", "32", "--conversations", "2", "--turns", "2"]
+    proc = run_bench("prefix.py", *args)
     rows = {tuple(line.split()[:2]): line.split() for line in proc.stdout.splitlines()[1:] if line.strip()}
     for workload in ("system", "chat"):
         on, off = rows[(workload, "on")], rows[(workload, "off")]
@@ -132,9 +118,7 @@ def test_prefix_bench_computes_fewer_prompt_tokens_with_the_cache(tmp_path: Path
 
 
 def test_scheduler_bench_prints_a_row_per_size() -> None:
-    command = [sys.executable, str(REPO / "bench" / "scheduler.py"), "--running", "4,16", "--steps", "3"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_bench("scheduler.py", "--running", "4,16", "--steps", "3", timeout_s=120)
     assert [line.split()[:2] for line in proc.stdout.splitlines()[1:]] == [
         ["4", "on"],
         ["4", "off"],
@@ -146,32 +130,25 @@ def test_scheduler_bench_prints_a_row_per_size() -> None:
 def test_prefill_bench_counts_model_flops_and_reports_mfu(tmp_path: Path, tiny_checkpoint) -> None:
     out = tmp_path / "prefill.json"
     shape = tiny_checkpoint("llama") / "config.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "prefill.py"),
-            "--shape",
-            str(shape),
-            "--device",
-            "cpu",
-            "--dtype",
-            "float32",
-            "--attn",
-            "torch",
-            "--tokens",
-            "96",
-            "--iters",
-            "1",
-            "--peak-tflops",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_bench(
+        "prefill.py",
+        "--shape",
+        str(shape),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--attn",
+        "torch",
+        "--tokens",
+        "96",
+        "--iters",
+        "1",
+        "--peak-tflops",
+        "1",
+        "--json",
+        str(out),
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MFU" in proc.stdout
     result = json.loads(out.read_text())
     assert result["tokens"] == 96 and result["step_ms"] > 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, healthy_server
 
 QUESTIONS = [
     ("The capital of France is", ["Paris", "Rome", "Berlin", "Madrid"], 0),
@@ -81,12 +81,8 @@ def model_dir(tiny_checkpoint) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("lm_eval") / "server.log"
-    proc = ServerProcess(["--model", str(model_dir), "--device", "cpu", "--served-model-name", "tiny"], log)
-    try:
-        proc.wait_healthy()
+    with healthy_server(["--model", str(model_dir), "--device", "cpu", "--served-model-name", "tiny"], log) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _evaluate(model: str, model_args: dict[str, Any], tasks_dir: Path) -> dict[str, Any]:

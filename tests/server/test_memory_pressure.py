@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, healthy_server
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,8 @@ def server(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log = tmp_path_factory.mktemp("pressure") / "server.log"
     args = ["--model", str(tiny_checkpoint("llama")), "--device", "cpu", "--served-model-name", "tiny"]
     args += ["--max-total-tokens", "256", "--context-length", "2048", "--page-size", "16"]
-    proc = ServerProcess(args, log)
-    try:
-        proc.wait_healthy()
+    with healthy_server(args, log) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, healthy_server
 
 CITIES = ["Paris", "Rome"]
 WEATHER = {
@@ -54,12 +54,8 @@ def server(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     model: Path = tiny_checkpoint("llama")
     log = tmp_path_factory.mktemp("tools") / "server.log"
     args = ["--model", str(model), "--device", "cpu", "--served-model-name", "tiny"]
-    proc = ServerProcess([*args, "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"], log)
-    try:
-        proc.wait_healthy()
+    with healthy_server([*args, "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"], log) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture()

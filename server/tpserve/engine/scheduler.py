@@ -117,6 +117,11 @@ class ScheduledStep:
     sampled: list[SampledRow]  # one per sampling row, in row order
     prompt_rows: list[PromptRow] = field(default_factory=list)
     prompt_targets: list[int] = field(default_factory=list)  # the token each prompt position predicts
+    # Whether any sampling row adjusts its logits (penalties, bias, min_tokens), follows a grammar,
+    # or needs its previous token on the host before its next step is planned (no overlap).
+    adjusts_logits: bool = False
+    constrained: bool = False
+    needs_previous_token: bool = False
 
     @property
     def prompt_top_n(self) -> int:
@@ -328,6 +333,7 @@ class Scheduler:
             prompt_logits=prompt_logits,
         )
         sampled: list[SampledRow] = []
+        adjusts = constrained = needs_previous = False
         for seq, n in rows:
             decoding = seq.on_device  # its newest page fills when its sampled token is known (update)
             seq.num_cached += n
@@ -336,9 +342,21 @@ class Scheduler:
                 seq.token_ids.append(PLACEHOLDER)
                 seq.num_pending += 1
                 seq.on_device = True
+                adjusts |= seq.params.adjusts_logits
+                constrained |= seq.grammar is not None
+                needs_previous |= seq.params.needs_previous_token
             if not decoding:
                 self._cache_full_pages(seq)
-        return ScheduledStep(batch, [seq for seq, _ in rows], sampled, prompt_rows, prompt_targets)
+        return ScheduledStep(
+            batch,
+            [seq for seq, _ in rows],
+            sampled,
+            prompt_rows,
+            prompt_targets,
+            adjusts_logits=adjusts,
+            constrained=constrained,
+            needs_previous_token=needs_previous,
+        )
 
     def _prompt_logit_rows(self, rows: list[tuple[Sequence, int]]) -> tuple[list[int], list[PromptRow], list[int]]:
         """Per row the positions whose logits give prompt log-probabilities (position i: token i + 1)."""

@@ -250,7 +250,7 @@ class LeaderLoop:
         step is read back right after its launch.
         """
         self.times.start()
-        if self.in_flight is not None and _needs_previous_tokens(self.in_flight.step):
+        if self.in_flight is not None and self.in_flight.step.needs_previous_token:
             # Penalties and grammars read the tokens generated so far: the newest must be on
             # the host before the next step is planned (no overlap while such requests run).
             self._read_back(self.in_flight)
@@ -288,7 +288,7 @@ class LeaderLoop:
         """The sampling rows' logits after penalties, biases and grammars (only when some row asks:
         the common step pays nothing, not even a look at the rows' tokens)."""
         step_logits = logits
-        if any(row.seq.params.adjusts_logits for row in step.sampled):
+        if step.adjusts_logits:
             histories = [
                 RowHistory(
                     row.seq.params,
@@ -298,8 +298,8 @@ class LeaderLoop:
                 for row in step.sampled
             ]
             logits = adjust_logits(logits, histories, self.eos_token_ids)
-        grammars = [row.seq.grammar if isinstance(row.seq.grammar, GrammarState) else None for row in step.sampled]
-        if any(g is not None for g in grammars):
+        if step.constrained:
+            grammars = [row.seq.grammar if isinstance(row.seq.grammar, GrammarState) else None for row in step.sampled]
             if logits is step_logits:  # never mask the step's own (maybe a graph's static) output
                 logits = logits.to(torch.float32, copy=True)
             logits = self.grammar.mask(logits, grammars)
@@ -323,10 +323,6 @@ class LeaderLoop:
                     waiting=len(self.scheduler.waiting),
                 )
             )
-
-
-def _needs_previous_tokens(step: ScheduledStep) -> bool:
-    return any(row.seq.params.needs_previous_token for row in step.sampled)
 
 
 def _drain(inbox: multiprocessing.queues.Queue, wait_s: float) -> list[Any]:  # type: ignore[type-arg]
