@@ -2,7 +2,7 @@
 
 Each op runs both ways on fresh random inputs (non-contiguous q/k views, as the model passes
 them): RMSNorm, the fused residual add + RMSNorm, q/k RMSNorm on a strided slice, rotary (llama3 scaling),
-SiLU-and-multiply; and the one-kernel K/V cache write equals two separate writes.
+SiLU-and-multiply, the in-place q/k RMSNorm; and the one-kernel K/V cache write equals two separate writes.
 Then a whole decoder (dummy weights, torch attention) computes logits with the fused kernels
 and with the reference ops. Relative norm errors must stay within bf16 rounding. Exits non-zero
 on any mismatch.
@@ -67,6 +67,15 @@ def check_ops() -> dict[str, float]:
     head_norm.weight.normal_()
     q_view = torch.randn_like(qkv).split([32 * 128, 16 * 128], dim=-1)[0].view(37, 32, 128)
     errors["qk_rmsnorm"] = relative_error(head_norm(q_view), head_norm._reference(q_view))
+    # In place, as the model runs it: the q slice is normalised inside the QKV buffer, the rest untouched.
+    buffer = torch.randn_like(qkv)
+    untouched = buffer[:, 32 * 128 :].clone()
+    q_slice = buffer[:, : 32 * 128].view(37, 32, 128)
+    expected = head_norm._reference(q_slice)
+    in_place = head_norm.norm_heads_in_place(q_slice)
+    if in_place.data_ptr() != buffer.data_ptr() or not torch.equal(buffer[:, 32 * 128 :], untouched):
+        raise SystemExit("FAIL: the in-place q/k norm did not write into the QKV buffer's own slice")
+    errors["qk_rmsnorm_in_place"] = relative_error(buffer[:, : 32 * 128].view(37, 32, 128), expected)
 
     gate_up = torch.randn(37, 2 * 7168, dtype=DTYPE, device=DEVICE)
     gate, up = gate_up.split(7168, dim=-1)

@@ -5,6 +5,7 @@
 # Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers, with jit_*.tgz
 # from an earlier call when there are some) carried. STEP (default: all, in this order):
 #   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
+#   kernels    bench/check_kernels.py (fused kernels vs the torch reference ops, whole-model logits)
 #   graphs     bench/check_cuda_graph.py (graph vs eager decode)
 #   overlap    bench/check_overlap.py (overlap on and off, same tokens)
 #   memory     bench/check_memory.py (largest steps at the default memory fraction)
@@ -32,6 +33,7 @@ for step in "${steps[@]}"; do
     case $step in
     peer) bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) q:tpserve q:minisgl l:tpserve l:minisgl 2>&1 |
         grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
+    kernels) GPU_TAIL=12 run check_kernels 90 python3 bench/check_kernels.py ;;
     graphs) GPU_TAIL=10 run check_cuda_graph 90 python3 bench/check_cuda_graph.py ;;
     overlap) GPU_TAIL=4 run check_overlap 120 python3 bench/check_overlap.py ;;
     memory) GPU_TAIL=4 run check_memory 150 python3 bench/check_memory.py ;;

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-# The kubernetes client reads KUBECONFIG's *path* when it is imported; the fake API server of the
-# operator tests writes this file when it starts. Set it before anything imports kubernetes.
-os.environ["KUBECONFIG"] = str(Path(tempfile.mkdtemp(prefix="tpserve-kube-")) / "kubeconfig.yaml")
 
 import pytest
 
 from tpserve.testing.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
-from .k8s.control_plane import ControlPlane, start_control_plane
+from .k8s.fixtures import control_plane, namespace, operator_install  # noqa: F401  (shared fixtures)
 
 # One variant per family; llama is sharded over several files, qwen3 ties its embeddings.
 FAMILY_SPECS = {
@@ -40,13 +33,3 @@ class CheckpointFactory:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> CheckpointFactory:
     return CheckpointFactory(tmp_path_factory.mktemp("checkpoints"))
-
-
-@pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
-    """A real etcd + kube-apiserver + kube-controller-manager for the whole run (tests/k8s/control_plane.py)."""
-    plane = start_control_plane()
-    try:
-        yield plane
-    finally:
-        plane.stop()

@@ -1,8 +1,10 @@
 """A kubelet for the end-to-end tests: every pod becomes real `tpserve` processes in its own netns.
 
-For each pod in the API it: gives the pod a network namespace and address (network.Bridge), sets
+It runs on a `Node` (tests/k8s/nodes.py: registers the Node, binds the namespace's pods to it,
+confirms their deletion). For each pod bound to it: gives the pod a network namespace and address (network.Bridge), sets
 its hostname, mounts its volumes where the spec says (hostPath bind mounts, memory-backed emptyDir
-as tmpfs), expands $(VAR) references from the container env (downward API included), runs the
+as tmpfs; the projected service-account token volume as an empty tmpfs, since the server never
+calls the API), expands $(VAR) references from the container env (downward API included), runs the
 container command as written, runs the startup/readiness/liveness probes as written, restarts the
 container when it exits or fails liveness, and writes pod status (phase, conditions with readiness
 gates, restartCount, podIP) back to the API. Deleted pods have their processes stopped.
@@ -11,7 +13,6 @@ gates, restartCount, podIP) back to the API. Deleted pods have their processes s
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import re
 import signal
@@ -26,17 +27,14 @@ from typing import Any
 import httpx
 from kubernetes import client
 
-from tests.k8s.controllers import raw, tolerate
+from tests.k8s.api import tolerate
+from tests.k8s.nodes import Node, now
 
 from .network import Bridge, PodNetwork
 
 Obj = dict[str, Any]
 RESTART_BACKOFF_S = 1.0  # the real kubelet starts at 10 s; tests do not need to wait that long
 STOP_GRACE_S = 5.0
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -82,6 +80,7 @@ class ProcessKubelet:
         self.bridge = bridge
         self.workdir = workdir
         self.core = client.CoreV1Api()
+        self.node = Node(namespace)
         self.pods: dict[str, PodRuntime] = {}
         self.created_mount_points: list[Path] = []
         self._lock = threading.Lock()
@@ -89,9 +88,12 @@ class ProcessKubelet:
     # -- the sync loop ---------------------------------------------------------------------------
     def sync(self) -> None:
         with self._lock:
-            listed = {p["metadata"]["uid"]: p for p in raw(self.core.list_namespaced_pod, self.namespace)["items"]}
+            listed = {p["metadata"]["uid"]: p for p in self.node.pods()}
             for uid in [u for u in self.pods if u not in listed or listed[u]["metadata"].get("deletionTimestamp")]:
                 self._remove(uid)
+            for pod in listed.values():
+                if pod["metadata"].get("deletionTimestamp"):
+                    self.node.confirm_deletion(pod)  # its processes are stopped
             for uid, pod in listed.items():
                 if uid not in self.pods and not pod["metadata"].get("deletionTimestamp"):
                     self._admit(pod)
@@ -151,17 +153,20 @@ class ProcessKubelet:
         for mount in runtime.container.get("volumeMounts") or []:
             volume = volumes[mount["name"]]
             target = Path(mount["mountPath"])
-            if not target.exists():
-                target.mkdir(parents=True)
-                self.created_mount_points.append(target)
+            missing = [p for p in (target, *target.parents) if not p.exists()]
+            for folder in reversed(missing):  # outermost first; cleanup removes them innermost first
+                folder.mkdir()
+                self.created_mount_points.append(folder)
             if "hostPath" in volume:
                 option = "-o bind,ro" if mount.get("readOnly") else "-o bind"
                 steps.append(f"mount {option} {volume['hostPath']['path']} {target}")
             elif "emptyDir" in volume:
                 size = volume["emptyDir"].get("sizeLimit", "64Mi").replace("i", "")
                 steps.append(f"mount -t tmpfs -o size={size} tmpfs {target}")
+            elif "projected" in volume:
+                steps.append(f"mount -t tmpfs -o size=1M tmpfs {target}")
             else:
-                raise ValueError(f"volume {mount['name']}: only hostPath and emptyDir are supported here")
+                raise ValueError(f"volume {mount['name']}: only hostPath, emptyDir and projected are supported here")
         return steps
 
     def _start(self, runtime: PodRuntime) -> None:
@@ -285,24 +290,24 @@ class ProcessKubelet:
         }
         if wanted == runtime.status_written:
             return
-        state = {"running": {"startedAt": _now()}} if running else {"waiting": {"reason": "CrashLoopBackOff"}}
+        state = {"running": {"startedAt": now()}} if running else {"waiting": {"reason": "CrashLoopBackOff"}}
         status = {
             "phase": "Running",
             "podIP": runtime.network.ip,
             "podIPs": [{"ip": runtime.network.ip}],
             "hostIP": self.bridge.gateway,
             "conditions": [
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": _now()},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
                 {
                     "type": "ContainersReady",
                     "status": "True" if containers_ready else "False",
-                    "lastTransitionTime": _now(),
+                    "lastTransitionTime": now(),
                 },
                 {
                     "type": "Ready",
                     "status": "True" if containers_ready and gates_ok else "False",
-                    "lastTransitionTime": _now(),
+                    "lastTransitionTime": now(),
                 },
             ],
             "containerStatuses": [

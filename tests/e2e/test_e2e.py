@@ -1,7 +1,7 @@
 """End to end: a TPInferenceService becomes real tpserve processes that form a group, serve, survive.
 
-The real operator runs against the fake API server; the StatefulSet controller stand-in creates
-pods; the process kubelet runs each pod's container command as written in its own network
+The chart's operator runs with its ServiceAccount against the real API server; the real StatefulSet
+controller creates pods; the process kubelet binds them to its node and runs each pod's container command as written in its own network
 namespace, resolves the headless-service names through per-namespace hosts files, runs the probes
 and writes pod status back. Nothing here reaches beyond loopback and these namespaces.
 """
@@ -18,8 +18,9 @@ import httpx
 import openai
 import pytest
 
-from tests.k8s.controllers import ControllerLoop, GarbageCollector, raw
-from tests.operator.cluster import NAMESPACE, FakeCluster, fake_api, operator
+from tests.k8s.api import ControllerLoop, raw
+from tests.k8s.operator_install import OperatorInstall
+from tests.operator.cluster import OperatorCluster
 from tests.server.server_process import poll_until
 from tpserve import LLM, SamplingParams
 
@@ -34,13 +35,13 @@ pytestmark = pytest.mark.skipif(shutil.which("ip") is None, reason="needs iprout
 
 
 class E2ECluster:
-    def __init__(self, cluster: FakeCluster, kubelet: ProcessKubelet) -> None:
+    def __init__(self, cluster: OperatorCluster, kubelet: ProcessKubelet) -> None:
         self.cluster = cluster
         self.kubelet = kubelet
 
     def service_endpoints(self, name: str) -> list[str]:
         """What the Service `name` routes to: Ready pods matching its selector."""
-        service = raw(self.cluster.core.read_namespaced_service, name, NAMESPACE)
+        service = raw(self.cluster.core.read_namespaced_service, name, self.cluster.namespace)
         selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
         port = service["spec"]["ports"][0]["port"]
         endpoints = []
@@ -71,18 +72,17 @@ class E2ECluster:
 
 
 @pytest.fixture()
-def e2e(tmp_path: Path, tiny_checkpoint) -> Iterator[E2ECluster]:
+def e2e(namespace: str, operator_install: OperatorInstall, tmp_path: Path, tiny_checkpoint) -> Iterator[E2ECluster]:
     with ExitStack() as stack:
-        api = stack.enter_context(fake_api(tmp_path))
-        cluster = FakeCluster(api)
+        cluster = OperatorCluster(namespace, operator_install, tmp_path)
         bridge = Bridge()
         stack.callback(bridge.cleanup)
-        kubelet = ProcessKubelet(NAMESPACE, bridge, tmp_path)
+        kubelet = ProcessKubelet(namespace, bridge, tmp_path)
         stack.callback(kubelet.cleanup)
-        stack.enter_context(ControllerLoop(cluster.statefulsets, GarbageCollector(NAMESPACE)))
         stack.enter_context(ControllerLoop(kubelet, interval_s=0.2))
-        stack.enter_context(operator())
+        stack.enter_context(cluster.operator())
         yield E2ECluster(cluster, kubelet)
+    assert not cluster.forbidden_calls(), "\n".join(cluster.forbidden_calls()[:5])
 
 
 def tiny_service(model_dir: Path, name: str = "tiny", **spec: Any) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def tiny_service(model_dir: Path, name: str = "tiny", **spec: Any) -> dict[str, 
     return {
         "apiVersion": "tpserve.io/v1alpha1",
         "kind": "TPInferenceService",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name},
         "spec": body,
     }
 

@@ -54,6 +54,11 @@ class ControlPlane:
         return f"https://127.0.0.1:{self.api_port}"
 
     @property
+    def ca_file(self) -> Path:
+        """The API server's self-signed serving certificate, which clients trust."""
+        return self.work / "certs" / "apiserver.crt"
+
+    @property
     def kubeconfig(self) -> Path:
         return self.work / "admin.kubeconfig"
 
@@ -78,13 +83,13 @@ class ControlPlane:
             "--allow-privileged=true",
         )
         self._wait_ready()
-        self._write_kubeconfig()
+        self.write_kubeconfig(self.kubeconfig, user="admin", token=self.token)
         self._spawn(
             "kube-controller-manager",
             f"--kubeconfig={self.kubeconfig}",
             f"--controllers={CONTROLLERS}",
             f"--service-account-private-key-file={self.work / 'sa.key'}",
-            f"--root-ca-file={self.work / 'certs' / 'apiserver.crt'}",
+            f"--root-ca-file={self.ca_file}",
             "--leader-elect=false",
             "--secure-port=0",
             "--use-service-account-credentials=true",
@@ -148,22 +153,25 @@ class ControlPlane:
         )
         (self.work / "tokens.csv").write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
 
-    def _write_kubeconfig(self) -> None:
-        self.kubeconfig.write_text(
+    def write_kubeconfig(self, path: Path, user: str, token: str, server: str | None = None) -> None:
+        """A kubeconfig for `token` at the API server (or at `server`, e.g. a proxy in front of it)."""
+        server = server or self.url
+        authority = f"certificate-authority: {self.ca_file}" if server.startswith("https") else ""
+        path.write_text(
             f"""apiVersion: v1
 kind: Config
 clusters:
 - name: test
   cluster:
-    server: {self.url}
-    certificate-authority: {self.work / "certs" / "apiserver.crt"}
+    server: {server}
+    {authority}
 users:
-- name: admin
+- name: {user}
   user:
-    token: {self.token}
+    token: {token}
 contexts:
 - name: test
-  context: {{cluster: test, user: admin}}
+  context: {{cluster: test, user: {user}}}
 current-context: test
 """
         )

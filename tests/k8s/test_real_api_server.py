@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -22,22 +20,14 @@ from kubernetes import config as kube_config
 from tpserve_operator.kube import Kube
 
 from .control_plane import REPO, ControlPlane
+from .operator_install import OperatorInstall
 
-CRD = REPO / "crds" / "tpinferenceservices.tpserve.io.yaml"
 EXAMPLE = REPO / "charts" / "tpserve" / "examples" / "cpu-tiny.yaml"
 
 
-@pytest.fixture()
-def namespace(control_plane: ControlPlane) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", name)
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
-
-
 @pytest.fixture(scope="module")
-def crd(control_plane: ControlPlane) -> None:
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD))
+def crd(control_plane: ControlPlane, operator_install: OperatorInstall) -> None:
+    """The CRD as users get it: from the chart's `helm install`."""
     control_plane.kubectl("wait", "--for=condition=Established", "crd/tpinferenceservices.tpserve.io", "--timeout=30s")
 
 

@@ -1,72 +1,68 @@
-"""A fake cluster for operator tests: API server, StatefulSet controller, simulated kubelet, operator."""
+"""A test's view of the real control plane for operator tests: its namespace, its node, its operator.
+
+Pods come from the real StatefulSet controller and go with the real garbage collector; the
+simulated kubelet (tests/k8s/nodes.py) binds them to the test's node and writes their status; the
+operator is the chart's, run with the chart's ServiceAccount (tests/k8s/operator_install.py).
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Fast loops for tests; read by the operator's handlers at import.
-os.environ.setdefault("TPSERVE_RECONCILE_INTERVAL_S", "0.5")
-os.environ.setdefault("TPSERVE_RESTART_BACKOFF_BASE_S", "0.2")
+from kubernetes import client
 
-from kopf.testing import KopfRunner
+from tests.k8s.api import raw
+from tests.k8s.nodes import SimulatedKubelet
+from tests.k8s.operator_install import OperatorInstall, OperatorProcess
 
-from tests.k8s.apiserver import ApiServerThread
-from tests.k8s.controllers import ControllerLoop, GarbageCollector, SimulatedKubelet, StatefulSetController, raw
-
-NAMESPACE = "default"
+GROUP, VERSION, PLURAL = "tpserve.io", "v1alpha1", "tpinferenceservices"
 
 
-class FakeCluster:
-    def __init__(self, api: ApiServerThread) -> None:
-        from kubernetes import client, config
-
-        config.load_kube_config(str(api.kubeconfig))
-        self.api = api
+class OperatorCluster:
+    def __init__(self, namespace: str, install: OperatorInstall, workdir: Path) -> None:
+        self.namespace = namespace
+        self.install = install
+        self.workdir = workdir
         self.core = client.CoreV1Api()
         self.apps = client.AppsV1Api()
         self.custom = client.CustomObjectsApi()
-        self.kubelet = SimulatedKubelet(NAMESPACE)
-        self.statefulsets = StatefulSetController(NAMESPACE)
+        self.kubelet = SimulatedKubelet(namespace)
+        self.operators: list[OperatorProcess] = []
+
+    @contextmanager
+    def operator(self, server: str | None = None) -> Iterator[OperatorProcess]:
+        """The chart's operator, watching this test's namespace, until the block ends; `server`
+        points it at a proxy in front of the API server."""
+        log = self.workdir / f"operator-{len(self.operators)}.log"
+        with self.install.run(log, watch_namespaces=[self.namespace], server=server) as process:
+            self.operators.append(process)
+            yield process
 
     # -- reads -------------------------------------------------------------------------------
     def service(self, name: str) -> dict[str, Any]:
-        return raw(
-            self.custom.get_namespaced_custom_object, "tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name
-        )
+        return raw(self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
 
     def status(self, name: str) -> dict[str, Any]:
         return self.service(name).get("status") or {}
 
     def pods(self, selector: str = "") -> list[dict[str, Any]]:
-        return raw(self.core.list_namespaced_pod, NAMESPACE, label_selector=selector or None)["items"]
+        return raw(self.core.list_namespaced_pod, self.namespace, label_selector=selector or None)["items"]
 
     def pod(self, name: str) -> dict[str, Any]:
-        return raw(self.core.read_namespaced_pod, name, NAMESPACE)
+        return raw(self.core.read_namespaced_pod, name, self.namespace)
 
     def statefulset_names(self) -> set[str]:
-        return {s["metadata"]["name"] for s in raw(self.apps.list_namespaced_stateful_set, NAMESPACE)["items"]}
+        return {s["metadata"]["name"] for s in raw(self.apps.list_namespaced_stateful_set, self.namespace)["items"]}
 
     def service_names(self) -> set[str]:
-        return {s["metadata"]["name"] for s in raw(self.core.list_namespaced_service, NAMESPACE)["items"]}
+        return {s["metadata"]["name"] for s in raw(self.core.list_namespaced_service, self.namespace)["items"]}
 
     def events(self, reason: str) -> list[dict[str, Any]]:
-        return [e for e in raw(self.core.list_namespaced_event, NAMESPACE)["items"] if e.get("reason") == reason]
-
-    # -- writes ------------------------------------------------------------------------------
-    def create(self, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object("tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", body)
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            "tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name, {"spec": spec}
-        )
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object("tpserve.io", "v1alpha1", NAMESPACE, "tpinferenceservices", name)
+        items = raw(self.core.list_namespaced_event, self.namespace)["items"]
+        return [e for e in items if e.get("reason") == reason]
 
     def gate(self, pod_name: str) -> str | None:
         for cond in self.pod(pod_name).get("status", {}).get("conditions") or []:
@@ -74,22 +70,19 @@ class FakeCluster:
                 return cond["status"]
         return None
 
+    # -- writes ------------------------------------------------------------------------------
+    def create(self, body: dict[str, Any]) -> None:
+        body = {**body, "metadata": {**body["metadata"], "namespace": self.namespace}}
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
-@contextmanager
-def operator() -> Iterator[KopfRunner]:
-    with KopfRunner(["run", "--standalone", "-A", "-m", "tpserve_operator.handlers"]) as runner:
-        yield runner
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec})
 
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
 
-@contextmanager
-def fake_api(workdir: Path) -> Iterator[ApiServerThread]:
-    with ApiServerThread(workdir) as api:
-        yield api
+    def delete_pod(self, name: str) -> None:
+        self.core.delete_namespaced_pod(name, self.namespace)
 
-
-@contextmanager
-def fake_cluster(workdir: Path) -> Iterator[FakeCluster]:
-    with fake_api(workdir) as api:
-        cluster = FakeCluster(api)
-        with ControllerLoop(cluster.statefulsets, cluster.kubelet, GarbageCollector(NAMESPACE)):
-            yield cluster
+    def forbidden_calls(self) -> list[str]:
+        return [line for process in self.operators for line in process.forbidden_calls()]

@@ -1,4 +1,8 @@
-"""The real kopf operator against the fake cluster: objects, readiness gate, restarts, scaling, rolling."""
+"""The chart's operator on a real API server: objects, readiness gate, restarts, scaling, rolling.
+
+Every test runs the operator with the chart's ServiceAccount token and fails if the API server
+refused it any call: the chart's RBAC is checked against everything these tests make it do.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +11,46 @@ from pathlib import Path
 
 import pytest
 
+from tests.k8s.api import ControllerLoop
+from tests.k8s.control_plane import ControlPlane
+from tests.k8s.operator_install import OperatorInstall, helm, install
 from tests.server.server_process import poll_until
 
-from .cluster import FakeCluster, fake_cluster, operator
+from .cluster import OperatorCluster
 from .specs import service_body
 
 TIMEOUT = 30
 
 
 @pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[FakeCluster]:
-    with fake_cluster(tmp_path) as c:
+def cluster(namespace: str, operator_install: OperatorInstall, tmp_path: Path) -> Iterator[OperatorCluster]:
+    c = OperatorCluster(namespace, operator_install, tmp_path)
+    with ControllerLoop(c.kubelet) as loop:
         yield c
+    assert not loop.errors, f"the simulated kubelet failed: {loop.errors[:3]}"
+    assert not c.forbidden_calls(), "the chart's RBAC refused the operator:\n" + "\n".join(c.forbidden_calls()[:5])
 
 
 def small(name: str = "llama", **spec: object) -> dict:
     return service_body(name, **({"tensorParallelSize": 4, "nodes": 2} | spec))
 
 
-def group_pods(cluster: FakeCluster, name: str, group: int) -> list[str]:
+def group_pods(cluster: OperatorCluster, name: str, group: int) -> list[str]:
     return [f"{name}-leader-{group}", f"{name}-worker-{group}-1"]
 
 
-def pod_ready(cluster: FakeCluster, pod: str) -> bool:
+def pod_ready(cluster: OperatorCluster, pod: str) -> bool:
     conditions = cluster.pod(pod).get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def make_ready(cluster: FakeCluster, *pods: str, ready: bool = True) -> None:
+def make_ready(cluster: OperatorCluster, *pods: str, ready: bool = True) -> None:
     for pod in pods:
         cluster.kubelet.containers_ready[pod] = ready
 
 
-def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: FakeCluster) -> None:
-    with operator():
+def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small())
         poll_until(
             lambda: {"llama-leader", "llama-worker-0"} <= cluster.statefulset_names(), TIMEOUT, what="statefulsets"
@@ -58,7 +68,7 @@ def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: FakeClust
         make_ready(cluster, "llama-worker-0-1")
         poll_until(lambda: cluster.gate("llama-leader-0") == "True", TIMEOUT, what="gate True")
         status = poll_until(lambda: (s := cluster.status("llama")).get("phase") == "Ready" and s, TIMEOUT)
-        assert status["readyReplicas"] == 1 and status["endpoint"] == "http://llama.default.svc:30000/v1"
+        assert status["readyReplicas"] == 1 and status["endpoint"] == f"http://llama.{cluster.namespace}.svc:30000/v1"
         assert status["observedGeneration"] == 1
         assert {c["type"]: c["status"] for c in status["conditions"]} == {
             "Ready": "True",
@@ -73,17 +83,22 @@ def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: FakeClust
         assert poll_until(lambda: cluster.status("llama")["phase"] == "Starting", TIMEOUT)
 
 
-def bring_up(cluster: FakeCluster, name: str, groups: int = 1) -> None:
+def bring_up(cluster: OperatorCluster, name: str, groups: int = 1) -> None:
     cluster.kubelet.default_ready = True
     poll_until(lambda: cluster.status(name).get("readyReplicas") == groups, TIMEOUT, what=f"{groups} group(s) ready")
 
 
-def uids(cluster: FakeCluster, pods: list[str]) -> dict[str, str]:
-    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods() if p["metadata"]["name"] in pods}
+def uids(cluster: OperatorCluster, pods: list[str]) -> dict[str, str]:
+    """The uids of those pods that exist and are not terminating."""
+    return {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in cluster.pods()
+        if p["metadata"]["name"] in pods and not p["metadata"].get("deletionTimestamp")
+    }
 
 
-def test_worker_restart_recreates_the_whole_group(cluster: FakeCluster) -> None:
-    with operator():
+def test_worker_restart_recreates_the_whole_group(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small())
         bring_up(cluster, "llama")
         members = group_pods(cluster, "llama", 0)
@@ -91,19 +106,22 @@ def test_worker_restart_recreates_the_whole_group(cluster: FakeCluster) -> None:
         cluster.kubelet.restarts["llama-worker-0-1"] = 1  # the worker's container restarted
         poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
         cluster.kubelet.restarts.clear()
-        after = poll_until(lambda: len(u := uids(cluster, members)) == 2 and u, TIMEOUT, what="pods recreated")
-        assert set(after.values()).isdisjoint(before.values()), "leader and worker were both replaced"
+        poll_until(
+            lambda: len(u := uids(cluster, members)) == 2 and set(u.values()).isdisjoint(before.values()),
+            TIMEOUT,
+            what="leader and worker both replaced",
+        )
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
         assert cluster.events("GroupRestart"), "the decision is an Event"
 
 
-def test_vanished_worker_pod_recreates_the_group(cluster: FakeCluster) -> None:
-    with operator():
+def test_vanished_worker_pod_recreates_the_group(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small())
         bring_up(cluster, "llama")
         poll_until(lambda: len(cluster.status("llama")["groups"][0]["podUIDs"]) == 2, TIMEOUT)
         leader_uid = uids(cluster, ["llama-leader-0"])["llama-leader-0"]
-        cluster.core.delete_namespaced_pod("llama-worker-0-1", "default")  # e.g. its node was drained
+        cluster.delete_pod("llama-worker-0-1")  # e.g. its node was drained
         poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
         poll_until(
             lambda: uids(cluster, ["llama-leader-0"]).get("llama-leader-0") not in (None, leader_uid),
@@ -112,8 +130,8 @@ def test_vanished_worker_pod_recreates_the_group(cluster: FakeCluster) -> None:
         )
 
 
-def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: FakeCluster) -> None:
-    with operator():
+def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small(maxGroupRestarts=1))
         bring_up(cluster, "llama")
         cluster.kubelet.restarts["llama-worker-0-1"] = 1
@@ -136,8 +154,8 @@ def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: FakeClus
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="recovered after spec change")
 
 
-def test_scale_groups_up_and_down(cluster: FakeCluster) -> None:
-    with operator():
+def test_scale_groups_up_and_down(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small())
         bring_up(cluster, "llama")
         cluster.patch_spec("llama", {"replicas": 3})
@@ -158,14 +176,14 @@ def test_scale_groups_up_and_down(cluster: FakeCluster) -> None:
         poll_until(lambda: cluster.status("llama")["replicas"] == 1, TIMEOUT, what="status says 1 replica")
 
 
-def test_spec_change_rolls_group_by_group(cluster: FakeCluster) -> None:
+def test_spec_change_rolls_group_by_group(cluster: OperatorCluster) -> None:
     def hashes(group: int) -> set[str]:
         members = group_pods(cluster, "llama", group)
         return {
             p["metadata"]["labels"]["tpserve.io/spec-hash"] for p in cluster.pods() if p["metadata"]["name"] in members
         }
 
-    with operator():
+    with cluster.operator():
         cluster.create(small(replicas=2))
         bring_up(cluster, "llama", groups=2)
         old_hash = cluster.status("llama")["specHash"]
@@ -191,8 +209,8 @@ def test_spec_change_rolls_group_by_group(cluster: FakeCluster) -> None:
         assert all(g["restarts"] == 0 for g in cluster.status("llama")["groups"]), "a roll is not a restart"
 
 
-def test_delete_leaves_nothing_behind(cluster: FakeCluster) -> None:
-    with operator():
+def test_delete_leaves_nothing_behind(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small(replicas=2))
         bring_up(cluster, "llama", groups=2)
         assert not cluster.service("llama")["metadata"].get("finalizers"), "deletion must not wait for the operator"
@@ -204,8 +222,8 @@ def test_delete_leaves_nothing_behind(cluster: FakeCluster) -> None:
         )
 
 
-def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: FakeCluster) -> None:
-    with operator():
+def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small("broken", engine={"extraArgs": ["--tp", "2"]}))
         cluster.create(small("healthy"))
         status = poll_until(
@@ -220,17 +238,39 @@ def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: Fake
         poll_until(lambda: "broken-leader" in cluster.statefulset_names(), TIMEOUT, what="fixed spec reconciled")
 
 
-def test_operator_restart_converges(cluster: FakeCluster) -> None:
-    with operator():
+def test_operator_restart_converges(cluster: OperatorCluster) -> None:
+    with cluster.operator():
         cluster.create(small(replicas=2))
         poll_until(lambda: "llama-worker-1" in cluster.statefulset_names(), TIMEOUT)
     # The operator stopped mid-way: groups exist but nothing has been judged Ready yet.
     cluster.kubelet.default_ready = True
     poll_until(lambda: len(cluster.pods()) == 4, TIMEOUT, what="all pods created")
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
-    with operator():
+    with cluster.operator():
         poll_until(lambda: cluster.status("llama").get("readyReplicas") == 2, TIMEOUT, what="converged")
         assert cluster.gate("llama-leader-0") == "True" and cluster.gate("llama-leader-1") == "True"
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
     assert after == before, "a restarted operator does not recreate healthy groups"
     assert cluster.statefulset_names() == {"llama-leader", "llama-worker-0", "llama-worker-1"}
+
+
+def test_a_namespaced_install_is_enough_for_its_namespace(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """`watchNamespaces` set: Roles in the watched namespace, only discovery cluster-wide."""
+    release = f"tpserve-{namespace}"
+    scoped = install(control_plane, release, f"{namespace}-operator", watchNamespaces=[namespace])
+    try:
+        roles = control_plane.kubectl("get", "roles", "-n", namespace, "-o", "name").stdout.split()
+        assert roles == [f"role.rbac.authorization.k8s.io/{release}"]
+        cluster = OperatorCluster(namespace, scoped, tmp_path)
+        with ControllerLoop(cluster.kubelet), cluster.operator():
+            cluster.create(small(replicas=2))
+            bring_up(cluster, "llama", groups=2)
+            cluster.patch_spec("llama", {"replicas": 1})
+            poll_until(lambda: cluster.status("llama")["replicas"] == 1, TIMEOUT, what="scaled down")
+            cluster.delete("llama")
+            poll_until(lambda: not cluster.statefulset_names(), TIMEOUT, what="all gone")
+        assert not cluster.forbidden_calls(), "\n".join(cluster.forbidden_calls()[:5])
+    finally:
+        helm(control_plane, "uninstall", release, "-n", f"{namespace}-operator")

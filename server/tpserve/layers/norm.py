@@ -27,6 +27,18 @@ class RMSNorm(nn.Module):
             return normed
         return self._reference(x)
 
+    def norm_heads_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """norm(x) for per-head q/k slices [tokens, heads, head_dim] of a fused QKV output.
+
+        The fused kernel writes the result back into the QKV buffer (each element is read before
+        it is written, by the same thread), so K and V stay side by side there and reach the KV
+        cache in one indexed write; the reference returns a new tensor.
+        """
+        if self.kernels is not None and x.dim() == 3 and x.stride(-1) == 1:
+            self.kernels.norm.rmsnorm(x, self.weight, self.eps, out=x)
+            return x
+        return self._reference(x)
+
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual). The fused kernel updates x and residual in place."""
         if self.kernels is not None:

@@ -1,0 +1,138 @@
+"""What a node does through the API, for a cluster with no kubelet or scheduler: the tests play it.
+
+`Node` registers a Node object, binds the namespace's unscheduled pods to it (the Binding
+subresource, as kube-scheduler does) and completes the deletion of its terminating pods (a pod
+bound to a node is only removed once its kubelet confirms, with a zero-grace delete).
+`SimulatedKubelet` adds pod status as a test dictates: containers ready or not, restart counts,
+and Ready computed from ContainersReady and every readiness gate, as the kubelet does. The
+end-to-end harness (tests/e2e/kubelet.py) runs real processes on a `Node` instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from .api import raw, tolerate
+
+Obj = dict[str, Any]
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Node:
+    def __init__(self, namespace: str, name: str | None = None, labels: dict[str, str] | None = None) -> None:
+        self.namespace = namespace
+        self.name = name or f"node-{namespace}"
+        self.labels = labels or {}
+        self.core = client.CoreV1Api()
+        self._registered = False
+
+    def register(self) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name, **self.labels}},
+        }
+        tolerate(409, self.core.create_node, body)
+        status = {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+        self.core.patch_node_status(self.name, status, _preload_content=False)
+        self._registered = True
+
+    def pods(self) -> list[Obj]:
+        """The namespace's pods after binding the unscheduled ones here and removing confirmed deletions."""
+        if not self._registered:
+            self.register()
+        live = []
+        for pod in raw(self.core.list_namespaced_pod, self.namespace)["items"]:
+            if not pod["spec"].get("nodeName"):
+                if pod["metadata"].get("deletionTimestamp"):
+                    continue  # an unbound pod is removed by the API server itself
+                self._bind(pod)
+                pod["spec"]["nodeName"] = self.name
+            if pod["spec"]["nodeName"] == self.name:
+                live.append(pod)
+        return live
+
+    def confirm_deletion(self, pod: Obj) -> None:
+        """The kubelet's last word on a terminating pod: its containers are gone, remove it now."""
+        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}}
+        try:
+            tolerate(404, self.core.delete_namespaced_pod, pod["metadata"]["name"], self.namespace, body=options)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: a newer pod of that name already replaced it
+                raise
+
+    def _bind(self, pod: Obj) -> None:
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.name},
+        }
+        tolerate(409, self.core.create_namespaced_pod_binding, pod["metadata"]["name"], self.namespace, binding)
+
+
+class SimulatedKubelet(Node):
+    """Pod status as a test dictates: containers ready or not, restart counts."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace)
+        self.containers_ready: dict[str, bool] = {}  # pod name -> containers ready
+        self.restarts: dict[str, int] = {}
+        self.default_ready = False
+
+    def sync(self) -> None:
+        for pod in self.pods():
+            if pod["metadata"].get("deletionTimestamp"):
+                self.confirm_deletion(pod)
+            else:
+                self._sync_status(pod)
+
+    def _sync_status(self, pod: Obj) -> None:
+        name = pod["metadata"]["name"]
+        ready = self.containers_ready.get(name, self.default_ready)
+        status = pod.get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        gates = [g["conditionType"] for g in pod["spec"].get("readinessGates") or []]
+        gates_true = all(conditions.get(g, {}).get("status") == "True" for g in gates)
+        wanted = {"ContainersReady": ready, "Ready": ready and gates_true}
+        restarts = self.restarts.get(name, 0)
+        current_restarts = sum(c.get("restartCount", 0) for c in status.get("containerStatuses") or [])
+        changed = (
+            status.get("phase") != "Running"
+            or current_restarts != restarts
+            or any(
+                conditions.get(kind, {}).get("status") != ("True" if value else "False")
+                for kind, value in wanted.items()
+            )
+        )
+        if not changed:
+            return
+        container = pod["spec"]["containers"][0]
+        patch = {
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": kind, "status": "True" if value else "False", "lastTransitionTime": now()}
+                    for kind, value in wanted.items()
+                ],
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "ready": ready,
+                        "restartCount": restarts,
+                        "image": container["image"],
+                        "imageID": "",
+                        "started": True,
+                        "state": {"running": {"startedAt": now()}},
+                    }
+                ],
+            }
+        }
+        tolerate(404, self.core.patch_namespaced_pod_status, name, self.namespace, patch)
