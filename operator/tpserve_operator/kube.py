@@ -8,7 +8,6 @@ same dict shapes it builds, with no model classes in between.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,10 @@ from kubernetes.client.exceptions import ApiException
 from .objects import API_GROUP, PLURAL
 
 Obj = dict[str, Any]
-APPLIED_HASH = "tpserve.io/applied-hash"
+FIELD_MANAGER = "tpserve-operator"
+# Field managers of the operator's writes before it used server-side apply: the official Python
+# client's default user agent.
+LEGACY_MANAGERS = ("OpenAPI-Generator",)
 REQUEST_TIMEOUT_S = 30
 
 
@@ -61,22 +63,58 @@ class Kube:
         raise ValueError(f"unsupported kind {kind}")
 
     async def apply(self, obj: Obj) -> str:
-        """Create the object, or patch it if what we want changed; returns created|patched|unchanged."""
+        """Server-side apply of the whole desired object as FIELD_MANAGER; returns created|patched|unchanged.
+
+        The API server merges by field ownership: a field we applied before and no longer send
+        (a removed env var, toleration, volume, Service port) is removed, fields other managers own
+        (an HPA's replicas, a mutating webhook's annotations) stay, and `force` takes over fields we
+        set that someone else changed by hand. Applying an unchanged object writes nothing.
+        """
         meta = obj["metadata"]
-        wanted = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-        body = {**obj, "metadata": {**meta, "annotations": {**meta.get("annotations", {}), APPLIED_HASH: wanted}}}
-        read, create, patch = self._ops(obj["kind"])
+        read, _, patch = self._ops(obj["kind"])
         try:
             current = await self._call(read, meta["name"], meta["namespace"])
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            await self._call(create, meta["namespace"], body)
+            current = None
+        else:
+            await self._adopt_legacy_fields(obj, current)
+        applied = await self._call(
+            patch,
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        if current is None:
             return "created"
-        if (current or {}).get("metadata", {}).get("annotations", {}).get(APPLIED_HASH) == wanted:
-            return "unchanged"
-        await self._call(patch, meta["name"], meta["namespace"], body)
-        return "patched"
+        before = current.get("metadata", {}).get("resourceVersion")
+        return "unchanged" if (applied or {}).get("metadata", {}).get("resourceVersion") == before else "patched"
+
+    async def _adopt_legacy_fields(self, obj: Obj, current: Obj | None) -> None:
+        """Objects written by an operator before server-side apply are owned by its client's update
+        manager, and SSA never removes fields another manager owns: hand those entries to us once."""
+        entries = (current or {}).get("metadata", {}).get("managedFields") or []
+        legacy = [e for e in entries if e.get("manager") in LEGACY_MANAGERS and e.get("operation") == "Update"]
+        if not legacy or any(e.get("subresource") for e in legacy):
+            return
+        adopted = [
+            {**e, "manager": FIELD_MANAGER, "operation": "Apply"} if e in legacy else e
+            for e in entries
+            if not (e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply")
+        ]
+        _, _, patch = self._ops(obj["kind"])
+        meta = obj["metadata"]
+        await self._call(
+            patch,
+            meta["name"],
+            meta["namespace"],
+            [{"op": "replace", "path": "/metadata/managedFields", "value": adopted}],
+            _content_type="application/json-patch+json",
+        )
 
     # -- reads -----------------------------------------------------------------------------------
     async def list_pods(self, namespace: str, selector: str) -> list[Obj]:

@@ -113,10 +113,6 @@ def _statefulset(namespace: str, env: dict[str, str]) -> dict[str, object]:
     return body
 
 
-APPLY_BUG = "issue 18: the operator applies a strategic-merge patch of the whole object, so removals never land"
-
-
-@pytest.mark.xfail(strict=True, reason=APPLY_BUG)
 def test_an_env_var_removed_from_the_spec_leaves_the_statefulset(control_plane: ControlPlane, namespace: str) -> None:
     kube = _operator_kube(control_plane)
     asyncio.run(kube.apply(_statefulset(namespace, {"KEEP": "1", "DROP": "2"})))
@@ -126,7 +122,6 @@ def test_an_env_var_removed_from_the_spec_leaves_the_statefulset(control_plane: 
     assert [e["name"] for e in env] == ["KEEP"]
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_BUG)
 def test_a_changed_service_port_replaces_the_old_one(control_plane: ControlPlane, namespace: str) -> None:
     kube = _operator_kube(control_plane)
 
@@ -139,6 +134,42 @@ def test_a_changed_service_port_replaces_the_old_one(control_plane: ControlPlane
         }
 
     asyncio.run(kube.apply(service(8000)))
-    asyncio.run(kube.apply(service(9000)))  # today: 422, the merged list holds two ports named http
+    assert asyncio.run(kube.apply(service(9000))) == "patched"  # a strategic merge made this a 422
     live = json.loads(control_plane.kubectl("get", "service", "api", "-n", namespace, "-o", "json").stdout)
     assert [p["port"] for p in live["spec"]["ports"]] == [9000]
+
+
+def test_applying_the_same_object_again_writes_nothing(control_plane: ControlPlane, namespace: str) -> None:
+    kube = _operator_kube(control_plane)
+    assert asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"}))) == "created"
+    assert asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"}))) == "unchanged"
+
+
+def test_a_field_changed_by_hand_is_taken_back_and_foreign_fields_stay(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    kube = _operator_kube(control_plane)
+    asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"})))
+    control_plane.kubectl("set", "env", "statefulset/group", "-n", namespace, "A=2")
+    control_plane.kubectl("annotate", "statefulset/group", "-n", namespace, "team.example.com/owner=ml")
+    assert asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"}))) == "patched"
+    live = json.loads(control_plane.kubectl("get", "statefulset", "group", "-n", namespace, "-o", "json").stdout)
+    assert live["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "A", "value": "1"}]
+    assert live["metadata"]["annotations"]["team.example.com/owner"] == "ml"
+
+
+def test_objects_written_before_server_side_apply_lose_removed_fields(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    """An upgrade: the object was created and strategic-merge patched by the old operator's client."""
+    kube = _operator_kube(control_plane)
+    apps = kube.apps
+    apps.create_namespaced_stateful_set(namespace, _statefulset(namespace, {"KEEP": "1", "DROP": "2"}))
+    before = apps.read_namespaced_stateful_set("group", namespace).metadata.managed_fields
+    assert [m.manager for m in before] == ["OpenAPI-Generator"], "the legacy manager this upgrade adopts"
+    asyncio.run(kube.apply(_statefulset(namespace, {"KEEP": "1"})))
+    shown = control_plane.kubectl("get", "sts", "group", "-n", namespace, "-o", "json", "--show-managed-fields")
+    live = json.loads(shown.stdout)
+    assert [e["name"] for e in live["spec"]["template"]["spec"]["containers"][0]["env"]] == ["KEEP"]
+    managers = {(m["manager"], m["operation"]) for m in live["metadata"]["managedFields"]}
+    assert ("tpserve-operator", "Apply") in managers and ("OpenAPI-Generator", "Update") not in managers

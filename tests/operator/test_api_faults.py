@@ -23,8 +23,8 @@ def test_errors_and_dropped_watches_are_survived_and_objects_converge(
     ns = f"/namespaces/{namespace}/"
     with FaultProxy(control_plane.url, control_plane.ca_file) as proxy, ControllerLoop(cluster.kubelet):
         faults = proxy.add(
-            Fault(path=ns + "statefulsets$", method="POST", status=500),
-            Fault(path=ns + "services$", method="POST", status=429, retry_after_s=1),
+            Fault(path=ns + r"statefulsets/llama-leader\?", method="PATCH", status=500),
+            Fault(path=ns + r"services/llama\?", method="PATCH", status=429, retry_after_s=1),
             Fault(path=ns + r"tpinferenceservices/llama(/status)?$", method="PATCH", status=409),
             Fault(path=ns + r"pods\?.*watch=true", status=410),
             Fault(path=ns + r"tpinferenceservices\?.*watch=true", drop_after_s=3),
