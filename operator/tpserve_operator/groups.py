@@ -2,8 +2,11 @@
 
 A group is one leader pod (ordinal G of `NAME-leader`) plus the pods of `NAME-worker-G`. It is
 Ready only when every one of its pods is Ready; then, and only then, the leader's readiness gate
-is True. When a pod of a formed group restarts or vanishes, the whole group is recreated (NCCL
-cannot re-admit a rank), with exponential backoff, until `maxGroupRestarts` is spent.
+is True. When a container of the group that had started fails again, or a pod of a formed group
+vanishes, the whole group is recreated (NCCL cannot re-admit a rank), with exponential backoff,
+until `maxGroupRestarts` is spent; the count resets after `restartBudgetResetSeconds` of serving.
+A pod the scheduler cannot place is reported (Unschedulable), never restarted: recreating it
+would not find it a node.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class GroupDecision:
     message: str = ""
     event: tuple[str, str, str] | None = None  # (type Normal|Warning, reason, message)
     rolling: bool = False
+    ready_since: str | None = None
+    roll_start_time: str | None = None
+    unschedulable: str | None = None  # the scheduler's message for a pod it cannot place
+    replacing_pod_uids: list[str] = field(default_factory=list)  # deleted for a restart or roll, maybe still there
 
     def status_entry(self) -> Obj:
         entry: Obj = {
@@ -65,6 +72,12 @@ class GroupDecision:
             entry["lastRestartTime"] = self.last_restart_time
         if self.failed_generation is not None:
             entry["failedGeneration"] = self.failed_generation
+        if self.ready_since:
+            entry["readySince"] = self.ready_since
+        if self.roll_start_time:
+            entry["rollStartTime"] = self.roll_start_time
+        if self.replacing_pod_uids:
+            entry["replacingPodUIDs"] = self.replacing_pod_uids
         return entry
 
 
@@ -117,6 +130,24 @@ def _alive(pod: Obj) -> bool:
     )
 
 
+def unschedulable_message(pod: Obj) -> str | None:
+    """The scheduler's reason when it cannot place the pod (PodScheduled=False, Unschedulable)."""
+    if pod.get("spec", {}).get("nodeName"):
+        return None
+    for cond in pod.get("status", {}).get("conditions", []) or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return f"pod {pod['metadata']['name']}: {cond.get('message') or 'unschedulable'}"
+    return None
+
+
+def _timestamp(moment: datetime.datetime) -> str:
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def backoff_seconds(restarts: int, base_s: float) -> float:
     return min(BACKOFF_CAP_S, base_s * 2.0 ** max(0, restarts - 1))
 
@@ -142,8 +173,14 @@ def decide_group(
     ranks_per_pod = spec.gpus_per_pod
     ready = [p for p in present if pod_serving_ready(p, p is group.leader) and _alive(p)]
     complete = group.leader is not None and len(present) == spec.nodes
+    all_ready = complete and len(ready) == spec.nodes
     restarts = int(previous.get("restarts", 0))
     last_restart = previous.get("lastRestartTime")
+    ready_since = previous.get("readySince") if previous.get("phase") == "Ready" else None
+    if all_ready and restarts and ready_since:
+        served = (now - (_parse_time(ready_since) or now)).total_seconds()
+        if served >= spec.restart_budget_reset_s:
+            restarts, last_restart = 0, None  # a long healthy run earns the whole budget back
     formed = list(previous.get("podUIDs") or [])
     base: dict[str, Any] = dict(
         index=group.index,
@@ -153,6 +190,7 @@ def decide_group(
         leader_pod=group.leader["metadata"]["name"] if group.leader else None,
         spec_hash=spec.spec_hash,
         last_restart_time=last_restart,
+        roll_start_time=previous.get("rollStartTime"),
     )
     # A group that spent its restart budget stays Failed until the spec changes.
     failed_generation = previous.get("failedGeneration")
@@ -166,21 +204,47 @@ def decide_group(
             **base,
         )
 
+    # Pods already condemned by a restart or roll (the delete failed, or has not landed yet) are
+    # deleted again, and nothing is counted twice.
+    replacing = set(previous.get("replacingPodUIDs") or [])
+    condemned = [p for p in present if p["metadata"].get("uid") in replacing]
+    if condemned:
+        return GroupDecision(
+            phase="Restarting",
+            gate=False,
+            delete_pods=[p["metadata"]["name"] for p in condemned],
+            replacing_pod_uids=sorted(replacing & present_uids),
+            pod_uids=[],
+            message=previous.get("message") or "replacing the group's pods",
+            **base,
+        )
+
+    # Repairs come first, also for a group still waiting for its turn to roll: recreating it
+    # brings it up on the new spec anyway.
+    reason = _restart_reason(spec, present, present_uids, formed)
+    if reason is not None:
+        return _restart(
+            spec, group, present, reason, restarts, last_restart, generation, now, formed, backoff_base_s, base
+        )
+
     old_pods = [p for p in present if p["metadata"].get("labels", {}).get(LABEL_SPEC_HASH) != spec.spec_hash]
     if old_pods:
         if not may_roll:
             return GroupDecision(
-                phase="Ready" if complete and len(ready) == spec.nodes else "Starting",
-                gate=complete and len(ready) == spec.nodes,
+                phase="Ready" if all_ready else "Starting",
+                gate=all_ready,
                 pod_uids=formed,
+                ready_since=ready_since if all_ready else None,
                 message="waiting to roll to the new spec",
                 **base,
             )
         names = [p["metadata"]["name"] for p in present]
+        base.update(roll_start_time=_timestamp(now))
         return GroupDecision(
             phase="Restarting",
             gate=False,
             delete_pods=names,
+            replacing_pod_uids=sorted(present_uids),
             pod_uids=[],
             rolling=True,
             message="rolling to the new spec",
@@ -192,60 +256,92 @@ def decide_group(
             **base,
         )
 
-    reason = None
-    if spec.restart_policy == "RecreateGroup":
-        restarted = [p for p in present if restart_count(p) > 0]
-        lost = [uid for uid in formed if uid not in present_uids]
-        if restarted:
-            reason = f"pod {restarted[0]['metadata']['name']} restarted"
-        elif lost and (present_uids & set(formed) or len(present) < spec.nodes):
-            reason = f"{len(lost)} pod(s) of the formed group vanished"
-    if reason is not None:
-        if restarts >= spec.max_group_restarts:
-            message = f"{reason}; restart budget of {spec.max_group_restarts} exhausted"
-            return GroupDecision(
-                phase="Failed",
-                gate=False,
-                pod_uids=formed,
-                failed_generation=generation,
-                message=message,
-                event=("Warning", "GroupFailed", f"group {group.index}: {message}"),
-                **base,
-            )
-        last = _parse_time(last_restart)
-        wait = backoff_seconds(restarts + 1, backoff_base_s)
-        if last is not None and (now - last).total_seconds() < wait:
-            return GroupDecision(
-                phase="Restarting",
-                gate=False,
-                pod_uids=formed,
-                message=f"{reason}; recreating after backoff ({wait:.0f}s)",
-                **base,
-            )
-        names = [p["metadata"]["name"] for p in present]
-        base.update(restarts=restarts + 1, last_restart_time=now.isoformat().replace("+00:00", "Z"))
-        return GroupDecision(
-            phase="Restarting",
-            gate=False,
-            delete_pods=names,
-            pod_uids=[],
-            message=f"{reason}; group recreated",
-            event=(
-                "Warning",
-                "GroupRestart",
-                f"group {group.index}: {reason}; deleting {', '.join(names)} (restart {restarts + 1}/{spec.max_group_restarts})",
-            ),
-            **base,
-        )
-
     if (complete and not formed) or (complete and not (present_uids & set(formed))):
         formed = sorted(present_uids)  # the group (re-)formed with these pods
     if not present:
         return GroupDecision(phase="Pending", gate=False, pod_uids=formed, message="waiting for pods", **base)
-    all_ready = complete and len(ready) == spec.nodes
     if all_ready:
-        return GroupDecision(phase="Ready", gate=True, pod_uids=formed, message="all ranks ready", **base)
+        base.update(roll_start_time=None)
+        return GroupDecision(
+            phase="Ready",
+            gate=True,
+            pod_uids=formed,
+            ready_since=ready_since or _timestamp(now),
+            message="all ranks ready",
+            **base,
+        )
+    unschedulable = next((m for p in present if (m := unschedulable_message(p))), None)
+    if unschedulable is not None:
+        return GroupDecision(
+            phase="Pending", gate=False, pod_uids=formed, unschedulable=unschedulable, message=unschedulable, **base
+        )
     waiting = [p["metadata"]["name"] for p in present if p not in ready]
     missing = spec.nodes - len(present)
     detail = ", ".join(waiting) + (f"; {missing} pod(s) not created yet" if missing else "")
     return GroupDecision(phase="Starting", gate=False, pod_uids=formed, message=f"waiting for {detail}", **base)
+
+
+def _restart_reason(spec: ServiceSpec, present: list[Obj], present_uids: set[str], formed: list[str]) -> str | None:
+    """Why the group must be recreated: a container that had started failed again, or a pod of the
+    formed group is gone. A pod that never started (Pending, unschedulable, pulling) is no reason."""
+    if spec.restart_policy != "RecreateGroup":
+        return None
+    restarted = [p for p in present if restart_count(p) > 0]
+    if restarted:
+        return f"pod {restarted[0]['metadata']['name']} restarted"
+    lost = [uid for uid in formed if uid not in present_uids]
+    if lost and (present_uids & set(formed) or len(present) < spec.nodes):
+        return f"{len(lost)} pod(s) of the formed group vanished"
+    return None
+
+
+def _restart(
+    spec: ServiceSpec,
+    group: GroupPods,
+    present: list[Obj],
+    reason: str,
+    restarts: int,
+    last_restart: str | None,
+    generation: int,
+    now: datetime.datetime,
+    formed: list[str],
+    backoff_base_s: float,
+    base: dict[str, Any],
+) -> GroupDecision:
+    if restarts >= spec.max_group_restarts:
+        message = f"{reason}; restart budget of {spec.max_group_restarts} exhausted"
+        return GroupDecision(
+            phase="Failed",
+            gate=False,
+            pod_uids=formed,
+            failed_generation=generation,
+            message=message,
+            event=("Warning", "GroupFailed", f"group {group.index}: {message}"),
+            **base,
+        )
+    last = _parse_time(last_restart)
+    wait = backoff_seconds(restarts + 1, backoff_base_s)
+    if last is not None and (now - last).total_seconds() < wait:
+        return GroupDecision(
+            phase="Restarting",
+            gate=False,
+            pod_uids=formed,
+            message=f"{reason}; recreating after backoff ({wait:.0f}s)",
+            **base,
+        )
+    names = [p["metadata"]["name"] for p in present]
+    base.update(restarts=restarts + 1, last_restart_time=_timestamp(now))
+    return GroupDecision(
+        phase="Restarting",
+        gate=False,
+        delete_pods=names,
+        replacing_pod_uids=sorted(p["metadata"].get("uid", "") for p in present),
+        pod_uids=[],
+        message=f"{reason}; group recreated",
+        event=(
+            "Warning",
+            "GroupRestart",
+            f"group {group.index}: {reason}; deleting {', '.join(names)} (restart {restarts + 1}/{spec.max_group_restarts})",
+        ),
+        **base,
+    )

@@ -52,11 +52,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
 
 
-def _event_sink(body: Any) -> Any:
-    def emit(kind: str, reason: str, message: str) -> None:
-        kopf.event(body, type=kind, reason=reason, message=message)
+async def _post_events(service: Any, events: list[tuple[str, str, str]]) -> None:
+    """Post what a reconcile decided, also when it failed half-way (its ApplyFailed above all).
 
-    return emit
+    Posted through our own client rather than kopf.event: the resync loop runs outside kopf's
+    handler context, where kopf.event cannot post."""
+    for kind, reason, message in events:
+        try:
+            await kube().post_event(service, kind, reason, message)
+        except Exception:  # an Event is informative: losing one must not stop reconciling
+            logging.getLogger(__name__).warning("posting event %s failed", reason, exc_info=True)
 
 
 async def _reconcile(body: Any) -> None:
@@ -75,7 +80,11 @@ async def _reconcile(body: Any) -> None:
         fresh = await kube().read_service(namespace, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
-        await reconcile(kube(), fresh, _event_sink(fresh), SETTINGS)
+        events: list[tuple[str, str, str]] = []
+        try:
+            await reconcile(kube(), fresh, lambda *event: events.append(event), SETTINGS)
+        finally:
+            await _post_events(fresh, events)
     finally:
         _locks[key].release()
 

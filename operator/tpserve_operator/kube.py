@@ -8,14 +8,16 @@ same dict shapes it builds, with no model classes in between.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .objects import API_GROUP, PLURAL
+from .objects import API_GROUP, KIND, PLURAL
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "tpserve-operator"
@@ -171,6 +173,33 @@ class Kube:
             name,
             {"status": status},
         )
+
+    async def post_event(self, service: Obj, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event about the TPInferenceService (what `kubectl describe tpis` lists)."""
+        meta = service["metadata"]
+        moment = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/v1alpha1",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],  # the API server's limit on an Event's message
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": moment,
+            "lastTimestamp": moment,
+            "count": 1,
+        }
+        await self._call(self.core.create_namespaced_event, meta["namespace"], event)
 
     async def _ignore_404(self, fn: Callable[..., Any], *args: Any) -> None:
         try:

@@ -14,6 +14,9 @@ when pods are replaced, because a group must be replaced as a whole.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
 from typing import Any
 
 from .spec import GPU_RESOURCE, RENDEZVOUS_PORT, ServiceSpec
@@ -282,6 +285,20 @@ def leader_service(spec: ServiceSpec, owner_uid: str) -> Obj:
             "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def with_template_hash(spec: ServiceSpec) -> ServiceSpec:
+    """The spec with `spec_hash` set: a hash of the pod templates it renders (without the hash label).
+
+    Whatever changes a pod rolls its group: a spec field, the number of nodes, or an operator
+    upgrade that renders the pods differently; replicas and the restart budget change no pod.
+    """
+    unhashed = replace(spec, spec_hash="")
+    templates = [leader_statefulset(unhashed, "")["spec"]["template"]]
+    if spec.nodes > 1:
+        templates.append(worker_statefulset(unhashed, "", 0)["spec"]["template"])
+    rendered = json.dumps({"nodes": spec.nodes, "templates": templates}, sort_keys=True)
+    return replace(spec, spec_hash=hashlib.sha256(rendered.encode()).hexdigest()[:12])
 
 
 def desired_objects(spec: ServiceSpec, owner_uid: str) -> list[Obj]:

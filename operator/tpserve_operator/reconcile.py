@@ -7,10 +7,13 @@ restarted operator converges to the same objects and decisions.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 from .groups import GroupDecision, decide_group, split_groups
 from .kube import Kube
@@ -21,6 +24,7 @@ from .objects import (
     LABEL_SERVICE,
     desired_objects,
     endpoint,
+    with_template_hash,
 )
 from .spec import ServiceSpec, SpecError
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
+DEADLINE = "ProgressDeadlineExceeded"
 
 
 @dataclass(frozen=True)
@@ -49,17 +54,25 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
     generation = int(meta.get("generation", 1))
     previous = dict(body.get("status") or {})
     try:
-        spec = ServiceSpec.parse(name, namespace, dict(body.get("spec") or {}))
+        spec = with_template_hash(ServiceSpec.parse(name, namespace, dict(body.get("spec") or {})))
     except SpecError as exc:
         if previous.get("message") != str(exc):
             emit("Warning", "InvalidSpec", str(exc))
         await kube.patch_service_status(namespace, name, invalid_spec_status(previous, generation, str(exc)))
         return
 
-    for obj in desired_objects(spec, uid):
-        action = await kube.apply(obj)
-        if action != "unchanged":
-            emit("Normal", action.capitalize(), f"{obj['kind']} {obj['metadata']['name']} {action}")
+    try:
+        for obj in desired_objects(spec, uid):
+            action = await kube.apply(obj)
+            if action != "unchanged":
+                emit("Normal", action.capitalize(), f"{obj['kind']} {obj['metadata']['name']} {action}")
+    except ApiException as exc:
+        # Say which object the API server refused and why, then let the caller retry with backoff.
+        message = f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}"
+        if previous.get("message") != message:
+            emit("Warning", "ApplyFailed", message)
+        await kube.patch_service_status(namespace, name, api_error_status(previous, generation, message))
+        raise
     await _remove_stale_workers(kube, spec, emit)
 
     pods = await kube.list_pods(namespace, f"{LABEL_SERVICE}={name}")
@@ -75,13 +88,9 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
             spec, group, previous_groups.get(index, {}), generation, moment, may_roll, settings.backoff_base_s
         )
         decisions.append(decision)
-        if decision.event is not None:
-            emit(*decision.event)
-        for pod_name in decision.delete_pods:
-            await kube.delete_pod(namespace, pod_name)
-        if group.leader is not None and not decision.delete_pods:
-            await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
 
+    # Record decisions (restart counts above all) before acting on them: an operator that dies
+    # between the two must not forget a restart it made.
     status = service_status(spec, previous, generation, decisions, moment)
     if _status_changed(previous, status):
         if status["phase"] != previous.get("phase"):
@@ -90,7 +99,37 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
                 f"Phase{status['phase']}",
                 status["message"],
             )
+        if (
+            _condition_reason(status, "Progressing") == DEADLINE
+            and _condition_reason(previous, "Progressing") != DEADLINE
+        ):
+            emit("Warning", DEADLINE, _condition_message(status, "Progressing"))
         await kube.patch_service_status(namespace, name, status)
+
+    for decision, group in zip(decisions, groups.values()):
+        if decision.event is not None:
+            emit(*decision.event)
+        for pod_name in decision.delete_pods:
+            await kube.delete_pod(namespace, pod_name)
+        if group.leader is not None and not decision.delete_pods:
+            await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
+
+
+def api_error_message(exc: ApiException) -> str:
+    """The API server's own message from a refused call (its Status body), or the HTTP reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    return str(body.get("message") or f"{exc.status} {exc.reason}")
+
+
+def _condition_reason(status: Obj, kind: str) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _condition_message(status: Obj, kind: str) -> str:
+    return next((c.get("message", "") for c in status.get("conditions") or [] if c.get("type") == kind), "")
 
 
 async def _remove_stale_workers(kube: Kube, spec: ServiceSpec, emit: EventSink) -> None:
@@ -156,6 +195,25 @@ def service_status(
             f"0/{total} group(s) ready; " + "; ".join(f"group {d.index}: {d.message}" for d in decisions),
         )
     progressing = phase != "Ready" and not failed
+    progress_reason = "Reconciling" if progressing else "Stable"
+    progress_message = message
+    stuck = [d for d in decisions if d.roll_start_time and _age_s(d.roll_start_time, moment) > spec.progress_deadline_s]
+    if stuck:
+        progressing, progress_reason = False, DEADLINE
+        progress_message = (
+            f"group {stuck[0].index} is not ready {spec.progress_deadline_s}s after it was rolled to the new spec: "
+            f"{stuck[0].message}"
+        )
+    unschedulable = [d for d in decisions if d.unschedulable]
+    degraded = phase in ("Degraded", "Failed") or bool(unschedulable)
+    if failed:
+        degraded_reason, degraded_message = "GroupFailed", message
+    elif unschedulable:
+        degraded_reason = "Unschedulable"
+        degraded_message = "; ".join(f"group {d.index}: {d.unschedulable}" for d in unschedulable)
+    else:
+        degraded_reason = "GroupsNotReady" if phase == "Degraded" else "AsExpected"
+        degraded_message = message
     conditions = [
         _condition(
             previous,
@@ -166,24 +224,8 @@ def service_status(
             generation,
             moment,
         ),
-        _condition(
-            previous,
-            "Progressing",
-            progressing,
-            "Reconciling" if progressing else "Stable",
-            message,
-            generation,
-            moment,
-        ),
-        _condition(
-            previous,
-            "Degraded",
-            phase in ("Degraded", "Failed"),
-            "GroupFailed" if failed else ("GroupsNotReady" if phase == "Degraded" else "AsExpected"),
-            message,
-            generation,
-            moment,
-        ),
+        _condition(previous, "Progressing", progressing, progress_reason, progress_message, generation, moment),
+        _condition(previous, "Degraded", degraded, degraded_reason, degraded_message, generation, moment),
     ]
     return {
         "phase": phase,
@@ -198,6 +240,18 @@ def service_status(
         "groups": [d.status_entry() for d in decisions],
         "conditions": conditions,
     }
+
+
+def _age_s(timestamp: str, moment: datetime.datetime) -> float:
+    return (moment - datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
+
+
+def api_error_status(previous: Obj, generation: int, message: str) -> Obj:
+    """The last status, with Degraded naming the object the API server refused and its message."""
+    moment = now_utc()
+    kept = [c for c in previous.get("conditions") or [] if c.get("type") != "Degraded"]
+    degraded = _condition(previous, "Degraded", True, "ApiError", message, generation, moment)
+    return {"message": message, "conditions": [*kept, degraded]}
 
 
 def invalid_spec_status(previous: Obj, generation: int, message: str) -> Obj:

@@ -6,8 +6,6 @@ and an Event instead of crashing or retrying forever.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +94,9 @@ class ServiceSpec:
     service_account_name: str = ""
     restart_policy: str = "RecreateGroup"
     max_group_restarts: int = 5
-    spec_hash: str = ""
+    restart_budget_reset_s: int = 3600
+    progress_deadline_s: int = 1800
+    spec_hash: str = ""  # of the rendered pod templates: objects.with_template_hash sets it
 
     @property
     def gpus_per_pod(self) -> int:
@@ -176,14 +176,9 @@ class ServiceSpec:
             service_account_name=spec.get("serviceAccountName", ""),
             restart_policy=restart_policy,
             max_group_restarts=_int(spec, "maxGroupRestarts", default=5),
-            spec_hash=pod_spec_hash(spec),
+            restart_budget_reset_s=_int(spec, "restartBudgetResetSeconds", default=3600),
+            progress_deadline_s=_int(spec, "progressDeadlineSeconds", default=1800),
         )
-
-
-def pod_spec_hash(spec: dict[str, Any]) -> str:
-    """Hash of what the pods are built from (replicas and restart budget excluded: they do not roll pods)."""
-    relevant = {k: v for k, v in spec.items() if k not in ("replicas", "maxGroupRestarts", "restartPolicy")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _mapping(spec: dict[str, Any], key: str) -> dict[str, Any]:

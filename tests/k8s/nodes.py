@@ -1,7 +1,8 @@
 """What a node does through the API, for a cluster with no kubelet or scheduler: the tests play it.
 
 `Node` registers a Node object, binds the namespace's unscheduled pods to it (the Binding
-subresource, as kube-scheduler does) and completes the deletion of its terminating pods (a pod
+subresource, as kube-scheduler does; a pod a test names in `unschedulable` is instead marked
+PodScheduled=False, reason Unschedulable, with the scheduler's message) and completes the deletion of its terminating pods (a pod
 bound to a node is only removed once its kubelet confirms, with a zero-grace delete).
 `SimulatedKubelet` adds pod status as a test dictates: containers ready or not, restart counts,
 and Ready computed from ContainersReady and every readiness gate, as the kubelet does. The
@@ -31,6 +32,7 @@ class Node:
         self.name = name or f"node-{namespace}"
         self.labels = labels or {}
         self.core = client.CoreV1Api()
+        self.unschedulable: dict[str, str] = {}  # pod name -> the scheduler's message
         self._registered = False
 
     def register(self) -> None:
@@ -53,6 +55,10 @@ class Node:
             if not pod["spec"].get("nodeName"):
                 if pod["metadata"].get("deletionTimestamp"):
                     continue  # an unbound pod is removed by the API server itself
+                message = self.unschedulable.get(pod["metadata"]["name"])
+                if message is not None:
+                    self._refuse(pod, message)
+                    continue
                 self._bind(pod)
                 pod["spec"]["nodeName"] = self.name
             if pod["spec"]["nodeName"] == self.name:
@@ -67,6 +73,21 @@ class Node:
         except ApiException as exc:
             if exc.status != 409:  # 409: a newer pod of that name already replaced it
                 raise
+
+    def _refuse(self, pod: Obj, message: str) -> None:
+        """What kube-scheduler writes for a pod no node can take."""
+        for cond in pod.get("status", {}).get("conditions") or []:
+            if cond["type"] == "PodScheduled" and cond.get("message") == message:
+                return
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": now(),
+        }
+        status = {"status": {"phase": "Pending", "conditions": [condition]}}
+        tolerate(404, self.core.patch_namespaced_pod_status, pod["metadata"]["name"], self.namespace, status)
 
     def _bind(self, pod: Obj) -> None:
         binding = {

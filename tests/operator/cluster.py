@@ -17,6 +17,9 @@ from kubernetes import client
 from tests.k8s.api import raw
 from tests.k8s.nodes import SimulatedKubelet
 from tests.k8s.operator_install import OperatorInstall, OperatorProcess
+from tests.server.server_process import poll_until
+
+from .specs import service_body
 
 GROUP, VERSION, PLURAL = "tpserve.io", "v1alpha1", "tpinferenceservices"
 
@@ -86,3 +89,39 @@ class OperatorCluster:
 
     def forbidden_calls(self) -> list[str]:
         return [line for process in self.operators for line in process.forbidden_calls()]
+
+
+# -- helpers shared by the operator tests ------------------------------------------------------
+TIMEOUT = 30
+
+
+def small(name: str = "llama", **spec: object) -> dict:
+    return service_body(name, **({"tensorParallelSize": 4, "nodes": 2} | spec))
+
+
+def group_pods(cluster: OperatorCluster, name: str, group: int) -> list[str]:
+    return [f"{name}-leader-{group}", f"{name}-worker-{group}-1"]
+
+
+def pod_ready(cluster: OperatorCluster, pod: str) -> bool:
+    conditions = cluster.pod(pod).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def make_ready(cluster: OperatorCluster, *pods: str, ready: bool = True) -> None:
+    for pod in pods:
+        cluster.kubelet.containers_ready[pod] = ready
+
+
+def bring_up(cluster: OperatorCluster, name: str, groups: int = 1) -> None:
+    cluster.kubelet.default_ready = True
+    poll_until(lambda: cluster.status(name).get("readyReplicas") == groups, TIMEOUT, what=f"{groups} group(s) ready")
+
+
+def uids(cluster: OperatorCluster, pods: list[str]) -> dict[str, str]:
+    """The uids of those pods that exist and are not terminating."""
+    return {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in cluster.pods()
+        if p["metadata"]["name"] in pods and not p["metadata"].get("deletionTimestamp")
+    }

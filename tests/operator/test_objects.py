@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tpserve.entrypoints.cli import build_parser
-from tpserve_operator.objects import GROUP_READY_GATE, desired_objects
+from tpserve_operator.objects import GROUP_READY_GATE, desired_objects, with_template_hash
 from tpserve_operator.spec import ServiceSpec, SpecError
 
 from .specs import service_body
@@ -17,7 +17,7 @@ UID = "0000-uid"
 
 def build(**spec: object) -> dict[str, dict]:
     body = service_body(**spec)
-    parsed = ServiceSpec.parse("llama", "default", body["spec"])
+    parsed = with_template_hash(ServiceSpec.parse("llama", "default", body["spec"]))
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in desired_objects(parsed, UID)}
 
 

@@ -6,47 +6,14 @@ refused it any call: the chart's RBAC is checked against everything these tests 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.k8s.api import ControllerLoop
 from tests.k8s.control_plane import ControlPlane
-from tests.k8s.operator_install import OperatorInstall, helm, install
+from tests.k8s.operator_install import helm, install
 from tests.server.server_process import poll_until
 
-from .cluster import OperatorCluster
-from .specs import service_body
-
-TIMEOUT = 30
-
-
-@pytest.fixture()
-def cluster(namespace: str, operator_install: OperatorInstall, tmp_path: Path) -> Iterator[OperatorCluster]:
-    c = OperatorCluster(namespace, operator_install, tmp_path)
-    with ControllerLoop(c.kubelet) as loop:
-        yield c
-    assert not loop.errors, f"the simulated kubelet failed: {loop.errors[:3]}"
-    assert not c.forbidden_calls(), "the chart's RBAC refused the operator:\n" + "\n".join(c.forbidden_calls()[:5])
-
-
-def small(name: str = "llama", **spec: object) -> dict:
-    return service_body(name, **({"tensorParallelSize": 4, "nodes": 2} | spec))
-
-
-def group_pods(cluster: OperatorCluster, name: str, group: int) -> list[str]:
-    return [f"{name}-leader-{group}", f"{name}-worker-{group}-1"]
-
-
-def pod_ready(cluster: OperatorCluster, pod: str) -> bool:
-    conditions = cluster.pod(pod).get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def make_ready(cluster: OperatorCluster, *pods: str, ready: bool = True) -> None:
-    for pod in pods:
-        cluster.kubelet.containers_ready[pod] = ready
+from .cluster import TIMEOUT, OperatorCluster, bring_up, group_pods, make_ready, pod_ready, small, uids
 
 
 def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: OperatorCluster) -> None:
@@ -81,20 +48,6 @@ def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: OperatorC
         make_ready(cluster, "llama-worker-0-1", ready=False)  # a worker drops out: gate shuts at once
         poll_until(lambda: cluster.gate("llama-leader-0") == "False", TIMEOUT, what="gate False")
         assert poll_until(lambda: cluster.status("llama")["phase"] == "Starting", TIMEOUT)
-
-
-def bring_up(cluster: OperatorCluster, name: str, groups: int = 1) -> None:
-    cluster.kubelet.default_ready = True
-    poll_until(lambda: cluster.status(name).get("readyReplicas") == groups, TIMEOUT, what=f"{groups} group(s) ready")
-
-
-def uids(cluster: OperatorCluster, pods: list[str]) -> dict[str, str]:
-    """The uids of those pods that exist and are not terminating."""
-    return {
-        p["metadata"]["name"]: p["metadata"]["uid"]
-        for p in cluster.pods()
-        if p["metadata"]["name"] in pods and not p["metadata"].get("deletionTimestamp")
-    }
 
 
 def test_worker_restart_recreates_the_whole_group(cluster: OperatorCluster) -> None:

@@ -1,0 +1,183 @@
+"""Group decisions on a real API server: what restarts a group, what does not, and what is reported."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.k8s.control_plane import ControlPlane
+from tests.k8s.fault_proxy import Fault, FaultProxy
+from tests.server.server_process import poll_until
+
+from .cluster import TIMEOUT, OperatorCluster, bring_up, group_pods, make_ready, small, uids
+
+NO_GPU = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
+
+
+def condition(cluster: OperatorCluster, name: str, kind: str) -> dict[str, Any]:
+    return next((c for c in cluster.status(name).get("conditions") or [] if c["type"] == kind), {})
+
+
+def holds(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """predicate() stays true for `seconds` (several reconcile periods of the test operator)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"{what} stopped holding"
+        time.sleep(0.2)
+
+
+def test_an_unschedulable_group_is_reported_and_never_restarted(cluster: OperatorCluster) -> None:
+    cluster.kubelet.unschedulable["llama-worker-0-1"] = NO_GPU
+    cluster.kubelet.default_ready = True
+    with cluster.operator():
+        cluster.create(small())
+        degraded = poll_until(
+            lambda: (c := condition(cluster, "llama", "Degraded")).get("reason") == "Unschedulable" and c,
+            TIMEOUT,
+            what="Degraded/Unschedulable",
+        )
+        assert degraded["status"] == "True" and "pod llama-worker-0-1: " + NO_GPU in degraded["message"]
+        members = group_pods(cluster, "llama", 0)
+        before = uids(cluster, members)
+        holds(
+            lambda: cluster.status("llama")["groups"][0]["restarts"] == 0 and uids(cluster, members) == before,
+            3,
+            "no restart of the unschedulable group",
+        )
+        assert cluster.status("llama")["groups"][0]["phase"] == "Pending"
+        assert not cluster.events("GroupRestart")
+
+        del cluster.kubelet.unschedulable["llama-worker-0-1"]  # a GPU node joined
+        poll_until(lambda: cluster.status("llama").get("phase") == "Ready", TIMEOUT, what="Ready once placed")
+        assert condition(cluster, "llama", "Degraded")["status"] == "False"
+
+
+def test_the_restart_budget_comes_back_after_a_stable_period(cluster: OperatorCluster) -> None:
+    def crash_worker() -> None:
+        cluster.kubelet.restarts["llama-worker-0-1"] = 1
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
+        cluster.kubelet.restarts.clear()
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready after the restart")
+
+    with cluster.operator():
+        cluster.create(small(maxGroupRestarts=1, restartBudgetResetSeconds=2))
+        bring_up(cluster, "llama")
+        crash_worker()
+        # Two seconds of serving later the one restart allowed is available again...
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 0, TIMEOUT, what="budget reset")
+        assert "lastRestartTime" not in cluster.status("llama")["groups"][0]
+        # ...so the next crash is repaired instead of failing the group.
+        crash_worker()
+        assert not cluster.events("GroupFailed")
+
+
+def test_a_restart_is_recorded_before_its_pods_are_deleted_and_counted_once(
+    cluster: OperatorCluster, control_plane: ControlPlane
+) -> None:
+    members = group_pods(cluster, "llama", 0)
+    with FaultProxy(control_plane.url, control_plane.ca_file) as proxy:
+        [refused] = proxy.add(
+            Fault(path=f"/namespaces/{cluster.namespace}/pods/llama-", method="DELETE", status=500, times=10**6)
+        )
+        with cluster.operator(server=proxy.url):
+            cluster.create(small())
+            bring_up(cluster, "llama")
+            before = uids(cluster, members)
+            cluster.kubelet.restarts["llama-worker-0-1"] = 1
+            # Every delete fails, yet the restart is in status: it was written first.
+            poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="recorded")
+            poll_until(lambda: refused.hits >= 4, TIMEOUT, what="the deletes retried")
+            assert uids(cluster, members) == before
+            assert cluster.status("llama")["groups"][0]["restarts"] == 1, "retried deletes are not new restarts"
+
+            refused.times = refused.hits  # the API server takes deletes again
+            cluster.kubelet.restarts.clear()
+            poll_until(
+                lambda: len(u := uids(cluster, members)) == 2 and set(u.values()).isdisjoint(before.values()),
+                TIMEOUT,
+                what="group recreated",
+            )
+            poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
+            assert cluster.status("llama")["groups"][0]["restarts"] == 1
+            assert len(cluster.events("GroupRestart")) == 1
+
+
+def test_an_object_the_api_server_refuses_is_named_and_others_keep_reconciling(cluster: OperatorCluster) -> None:
+    with cluster.operator():
+        # Valid for the CRD's schema, refused by the StatefulSet API: requests above limits.
+        cluster.create(small("broken", resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}))
+        cluster.create(small("healthy"))
+        degraded = poll_until(
+            lambda: (c := condition(cluster, "broken", "Degraded")).get("reason") == "ApiError" and c,
+            TIMEOUT,
+            what="Degraded/ApiError",
+        )
+        assert degraded["status"] == "True"
+        assert degraded["message"].startswith("StatefulSet broken-leader: ")
+        assert "must be less than or equal to cpu limit" in degraded["message"]
+        assert any("StatefulSet broken-leader" in e["message"] for e in cluster.events("ApplyFailed"))
+        bring_up(cluster, "healthy")
+
+        cluster.patch_spec("broken", {"resources": {"requests": {"cpu": "1"}}})
+        poll_until(lambda: cluster.status("broken").get("phase") == "Ready", TIMEOUT, what="fixed spec reconciled")
+        assert condition(cluster, "broken", "Degraded")["reason"] == "AsExpected"
+
+
+def test_a_stuck_rollout_reports_its_progress_deadline(cluster: OperatorCluster) -> None:
+    with cluster.operator():
+        cluster.create(small(progressDeadlineSeconds=2))
+        bring_up(cluster, "llama")
+        cluster.kubelet.default_ready = False  # the new spec's pods never become ready
+        cluster.patch_spec("llama", {"engine": {"maxPrefillLength": 1024}})
+        progressing = poll_until(
+            lambda: (c := condition(cluster, "llama", "Progressing")).get("reason") == "ProgressDeadlineExceeded" and c,
+            TIMEOUT,
+            what="Progressing/ProgressDeadlineExceeded",
+        )
+        assert progressing["status"] == "False" and "group 0" in progressing["message"]
+        assert cluster.events("ProgressDeadlineExceeded")
+
+        cluster.kubelet.default_ready = True  # whatever held it up is fixed: the rollout completes
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="rolled")
+        assert condition(cluster, "llama", "Progressing")["reason"] == "Stable"
+        assert "rollStartTime" not in cluster.status("llama")["groups"][0]
+
+
+def test_a_change_of_nodes_rolls_the_group(cluster: OperatorCluster) -> None:
+    with cluster.operator():
+        cluster.create(small())
+        bring_up(cluster, "llama")
+        old_hash = cluster.status("llama")["specHash"]
+        cluster.patch_spec("llama", {"nodes": 1})  # tp 4 on one node of 4 GPUs
+        poll_until(
+            lambda: (
+                [p["metadata"]["name"] for p in cluster.pods()] == ["llama-leader-0"]
+                and cluster.pod("llama-leader-0")["metadata"]["labels"]["tpserve.io/spec-hash"] != old_hash
+            ),
+            TIMEOUT,
+            what="one new pod per group",
+        )
+        assert cluster.statefulset_names() == {"llama-leader"}
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready on one node")
+        args = cluster.pod("llama-leader-0")["spec"]["containers"][0]["args"]
+        assert args[args.index("--nnodes") + 1] == "1"
+
+
+def test_other_groups_are_repaired_while_a_rollout_waits(cluster: OperatorCluster) -> None:
+    with cluster.operator():
+        cluster.create(small(replicas=2))
+        bring_up(cluster, "llama", groups=2)
+        cluster.kubelet.default_ready = False
+        make_ready(cluster, *group_pods(cluster, "llama", 1))  # only group 1 stays up
+        cluster.patch_spec("llama", {"engine": {"maxPrefillLength": 1024}})
+        poll_until(
+            lambda: (g := cluster.status("llama")["groups"][0])["phase"] == "Starting" and g.get("rollStartTime"),
+            TIMEOUT,
+            what="group 0 rolled and stuck",
+        )
+        cluster.kubelet.restarts["llama-worker-1-1"] = 1  # group 1 breaks while the rollout waits on group 0
+        poll_until(lambda: cluster.status("llama")["groups"][1]["restarts"] == 1, TIMEOUT, what="group 1 repaired")
+        cluster.kubelet.restarts.clear()
+        poll_until(lambda: cluster.status("llama")["groups"][1]["phase"] == "Ready", TIMEOUT, what="group 1 back")
+        assert cluster.status("llama")["groups"][0]["phase"] == "Starting"
