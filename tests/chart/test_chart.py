@@ -107,7 +107,14 @@ def test_rbac_is_least_privilege() -> None:
                     "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule.get("apiGroups", [])
                 )
     namespaced = render(VALUES_MATRIX["namespaced"])
-    assert sorted(o["metadata"]["namespace"] for o in namespaced if o["kind"] == "Role") == ["team-a", "team-b"]
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in namespaced if o["kind"] == "Role"}
+    service_roles = [ns for ns, name in roles if not name.endswith("-leader-election")]
+    assert sorted(service_roles) == ["team-a", "team-b"]
+    # Leader election needs one Lease, in the operator's own namespace, and nothing else.
+    [(lease_namespace, _)] = [key for key in roles if key[1].endswith("-leader-election")]
+    [lease_rule] = roles[(lease_namespace, "tpserve-leader-election")]["rules"]
+    assert lease_namespace != "team-a" and lease_rule["resources"] == ["leases"]
+    assert set(lease_rule["verbs"]) == {"get", "create", "update"}
     cluster_roles = [o for o in namespaced if o["kind"] == "ClusterRole"]
     # Only discovery (CRDs, namespaces) stays cluster-wide in namespaced mode, and it is read-only.
     assert [r["metadata"]["name"] for r in cluster_roles] == ["tpserve-discovery"]
@@ -115,6 +122,16 @@ def test_rbac_is_least_privilege() -> None:
     [deployment] = [o for o in namespaced if o["kind"] == "Deployment"]
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_several_replicas_elect_a_leader() -> None:
+    [deployment] = [o for o in render({"replicaCount": 2}) if o["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    proc = helm("template", "t", str(CHART), "--set", "replicaCount=2", "--set", "leaderElection.enabled=false")
+    assert proc.returncode != 0, "two replicas without leader election would both reconcile"
 
 
 def test_bad_values_are_refused_by_the_schema() -> None:

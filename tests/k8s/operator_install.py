@@ -48,8 +48,10 @@ class OperatorInstall:
     namespace: str
     command: list[str]
     env: dict[str, str]
+    field_env: dict[str, str]  # name -> downward-API field path, resolved per run as the kubelet would
     user: str
     token: str
+    runs: int = 0
 
     def kubeconfig(self, server: str | None = None) -> Path:
         """A kubeconfig with the ServiceAccount's token, for the API server or `server` (a proxy)."""
@@ -59,23 +61,29 @@ class OperatorInstall:
         return path
 
     @contextmanager
-    def run(
-        self, log_path: Path, watch_namespaces: list[str] | None = None, server: str | None = None
-    ) -> Iterator[OperatorProcess]:
-        env = {**self.env, "LIVENESS_PORT": str(_free_port())}
-        if watch_namespaces is not None:
-            env["WATCH_NAMESPACES"] = ",".join(watch_namespaces)
-        process = OperatorProcess.start(self.command, env, self.kubeconfig(server), log_path)
+    def run(self, log_path: Path, server: str | None = None, **overrides: str) -> Iterator[OperatorProcess]:
+        """One replica of the Deployment's operator container; `overrides` replace env values."""
+        process = self.start(log_path, server, **overrides)
         try:
             yield process
         finally:
             process.stop()
+
+    def start(self, log_path: Path, server: str | None = None, **overrides: str) -> OperatorProcess:
+        self.runs += 1
+        pod = {"metadata.name": f"{self.release}-operator-{self.runs}", "metadata.namespace": self.namespace}
+        env = {name: pod[path] for name, path in self.field_env.items()}
+        env |= {**self.env, "LIVENESS_PORT": str(_free_port()), **overrides}
+        process = OperatorProcess.start(self.command, env, self.kubeconfig(server), log_path)
+        process.pod_name = pod["metadata.name"]
+        return process
 
 
 @dataclass
 class OperatorProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
+    pod_name: str = ""  # the replica's identity (its POD_NAME)
 
     @classmethod
     def start(cls, command: list[str], env: dict[str, str], kubeconfig: Path, log_path: Path) -> OperatorProcess:
@@ -116,10 +124,15 @@ def install(plane: ControlPlane, release: str, namespace: str, **values: object)
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     env = {item["name"]: item["value"] for item in container.get("env") or [] if "value" in item}
+    field_env = {
+        item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
+        for item in container.get("env") or []
+        if "fieldRef" in (item.get("valueFrom") or {})
+    }
     account = pod["serviceAccountName"]
     token = plane.kubectl("create", "token", account, "-n", namespace, "--duration=6h").stdout.strip()
     user = f"system:serviceaccount:{namespace}:{account}"
-    return OperatorInstall(plane, release, namespace, container["command"], env, user, token)
+    return OperatorInstall(plane, release, namespace, container["command"], env, field_env, user, token)
 
 
 def _free_port() -> int:

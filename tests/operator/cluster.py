@@ -40,9 +40,14 @@ class OperatorCluster:
         """The chart's operator, watching this test's namespace, until the block ends; `server`
         points it at a proxy in front of the API server."""
         log = self.workdir / f"operator-{len(self.operators)}.log"
-        with self.install.run(log, watch_namespaces=[self.namespace], server=server) as process:
+        with self.install.run(log, server, **self.scoped_env()) as process:
             self.operators.append(process)
             yield process
+
+    def scoped_env(self) -> dict[str, str]:
+        """What makes the suite's operators independent: each watches only its test's namespace
+        and elects its leader on its own Lease (the chart's values otherwise)."""
+        return {"WATCH_NAMESPACES": self.namespace, "LEASE_NAME": f"{self.install.release}-{self.namespace}"}
 
     # -- reads -------------------------------------------------------------------------------
     def service(self, name: str) -> dict[str, Any]:
