@@ -1,7 +1,8 @@
 """kopf handlers: they only fetch, diff, apply and report; decisions live in pure modules.
 
-Reconciliation is level-triggered: on create/update/resume, on every event of a managed pod,
-and on a short operator-wide resync period, the same `reconcile` runs under a per-resource lock.
+Reconciliation is level-triggered: on create/update/resume, on every event of a managed pod
+(watched with a server-side label selector), when a time-based decision falls due, and on a long
+operator-wide resync period, the same `reconcile` runs under a per-resource lock.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from .objects import API_GROUP, LABEL_SERVICE, PLURAL
 from .reconcile import ReconcileSettings, reconcile
 
 VERSION = "v1alpha1"
-RECONCILE_INTERVAL_S = float(os.environ.get("TPSERVE_RECONCILE_INTERVAL_S", "5"))
+MANAGED_BY, MANAGER = "app.kubernetes.io/managed-by", "tpserve-operator"
+# A safety net only: reconciles are triggered by events and by timers for time-based decisions.
+RECONCILE_INTERVAL_S = float(os.environ.get("TPSERVE_RECONCILE_INTERVAL_S", "120"))
 RETRY_BACKOFF_S = 5.0  # after an API error; the timer re-reconciles anyway
 SETTINGS = ReconcileSettings(backoff_base_s=float(os.environ.get("TPSERVE_RESTART_BACKOFF_BASE_S", "10")))
 
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 _queued: set[tuple[str, str]] = set()  # pods change in bursts: coalesce their reconciles
+_wakeups: dict[tuple[str, str], asyncio.TimerHandle] = {}
+_running: set[asyncio.Task[None]] = set()
 _kube: Kube | None = None
 
 
@@ -41,6 +46,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     _kube = None  # a fresh client and fresh locks for this run's event loop
     _locks.clear()
     _queued.clear()
+    _wakeups.clear()
     settings.peering.standalone = True
     # Keep kopf's own bookkeeping in annotations: the status is ours and schema-checked.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tpserve.io")
@@ -49,6 +55,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING  # our own decisions are posted explicitly
     settings.watching.server_timeout = 120
+    # Only our pods travel from the API server: the watch carries the label selector.
+    settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_BY}={MANAGER}"
     settings.networking.request_timeout = 30
 
 
@@ -82,11 +90,37 @@ async def _reconcile(body: Any) -> None:
             return
         events: list[tuple[str, str, str]] = []
         try:
-            await reconcile(kube(), fresh, lambda *event: events.append(event), SETTINGS)
+            due_s = await reconcile(kube(), fresh, lambda *event: events.append(event), SETTINGS)
         finally:
             await _post_events(fresh, events)
+        _wake_later(key, due_s)
     finally:
         _locks[key].release()
+
+
+def _wake_later(key: tuple[str, str], due_s: float | None) -> None:
+    """Reconcile `key` again when its next time-based decision falls due (one timer per service)."""
+    pending = _wakeups.pop(key, None)
+    if pending is not None:
+        pending.cancel()
+    if due_s is None:
+        return
+    namespace, name = key
+    body = {"metadata": {"namespace": namespace, "name": name}}
+    _wakeups[key] = asyncio.get_running_loop().call_later(due_s + 0.05, _start_reconcile, body)
+
+
+def _start_reconcile(body: Any) -> None:
+    task = asyncio.ensure_future(_reconcile_logged(body))
+    _running.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_running.discard)
+
+
+async def _reconcile_logged(body: Any) -> None:
+    try:
+        await _reconcile(body)
+    except Exception:  # the next event or resync retries
+        logging.getLogger(__name__).exception("reconciling %s failed", body["metadata"]["name"])
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
@@ -102,7 +136,8 @@ def watch_namespaces() -> list[str]:
 
 
 async def _resync_forever(namespaces: list[str]) -> None:
-    """Re-judge every service on a short period: backoffs expire and missed events heal.
+    """Re-judge every service on a long period, so that anything missed (an event lost with a
+    dropped watch) heals; time-based decisions have their own timers.
 
     One operator-wide loop rather than a kopf timer per resource: kopf guards per-resource
     timers with a finalizer, and a finalizer would make deletion depend on the operator.
@@ -133,7 +168,7 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
-@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "tpserve-operator"})
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: MANAGER})
 async def on_pod_event(body: kopf.Body, **_: Any) -> None:
     """A managed pod changed: re-judge its group now rather than at the next timer tick."""
     name = body.get("metadata", {}).get("labels", {}).get(LABEL_SERVICE)

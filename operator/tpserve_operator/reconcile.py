@@ -15,7 +15,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .groups import GroupDecision, decide_group, split_groups
+from .groups import GroupDecision, backoff_seconds, decide_group, split_groups
 from .kube import Kube
 from .objects import (
     GROUP_READY_GATE,
@@ -48,7 +48,9 @@ def _timestamp(moment: datetime.datetime) -> str:
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileSettings) -> None:
+async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileSettings) -> float | None:
+    """Bring the service's objects to its spec and report; returns in how many seconds a pending
+    decision (a restart backoff, the restart budget's reset, a progress deadline) falls due, if any."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
     generation = int(meta.get("generation", 1))
@@ -59,7 +61,7 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
         if previous.get("message") != str(exc):
             emit("Warning", "InvalidSpec", str(exc))
         await kube.patch_service_status(namespace, name, invalid_spec_status(previous, generation, str(exc)))
-        return
+        return None
 
     try:
         for obj in desired_objects(spec, uid):
@@ -113,6 +115,22 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
             await kube.delete_pod(namespace, pod_name)
         if group.leader is not None and not decision.delete_pods:
             await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
+    return next_due_s(spec, decisions, moment, settings.backoff_base_s)
+
+
+def next_due_s(
+    spec: ServiceSpec, decisions: list[GroupDecision], moment: datetime.datetime, backoff_base_s: float
+) -> float | None:
+    """Seconds until the first time-based decision falls due: no event may come to trigger it."""
+    due: list[float] = []
+    for d in decisions:
+        if d.phase == "Restarting" and not d.delete_pods and d.last_restart_time:  # waiting out a backoff
+            due.append(backoff_seconds(d.restarts + 1, backoff_base_s) - _age_s(d.last_restart_time, moment))
+        if d.phase == "Ready" and d.restarts and d.ready_since:
+            due.append(spec.restart_budget_reset_s - _age_s(d.ready_since, moment))
+        if d.phase != "Ready" and d.roll_start_time:
+            due.append(spec.progress_deadline_s - _age_s(d.roll_start_time, moment))
+    return max(0.1, min(due)) if due else None
 
 
 def api_error_message(exc: ApiException) -> str:

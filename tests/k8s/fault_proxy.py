@@ -62,6 +62,7 @@ class FaultProxy:
         self.ssl = ssl.create_default_context(cafile=str(ca_file))
         self.ssl.check_hostname = False  # the self-signed serving certificate names no loopback host
         self.faults: list[Fault] = []
+        self.requests: list[str] = []  # "METHOD path?query" of every request, in arrival order
         self.port = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -123,6 +124,7 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         target = request.path_qs
+        self.requests.append(f"{request.method} {target}")
         is_watch = request.query.get("watch") in ("true", "1")
         fault = self._take(request.method, target)
         if fault and fault.delay_s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -181,3 +182,36 @@ def test_other_groups_are_repaired_while_a_rollout_waits(cluster: OperatorCluste
         cluster.kubelet.restarts.clear()
         poll_until(lambda: cluster.status("llama")["groups"][1]["phase"] == "Ready", TIMEOUT, what="group 1 back")
         assert cluster.status("llama")["groups"][0]["phase"] == "Starting"
+
+
+def test_time_based_decisions_fall_due_without_events_or_resync(cluster: OperatorCluster) -> None:
+    """With the safety-net resync five minutes away, a deadline is still reported on time."""
+    env = cluster.scoped_env() | {"TPSERVE_RECONCILE_INTERVAL_S": "300"}
+    with cluster.install.run(cluster.workdir / "operator-slow-resync.log", **env) as process:
+        cluster.operators.append(process)
+        cluster.create(small(progressDeadlineSeconds=3))
+        bring_up(cluster, "llama")
+        cluster.kubelet.default_ready = False
+        cluster.patch_spec("llama", {"engine": {"maxPrefillLength": 1024}})
+        poll_until(
+            lambda: condition(cluster, "llama", "Progressing").get("reason") == "ProgressDeadlineExceeded",
+            TIMEOUT,
+            what="the deadline's own timer",
+        )
+
+
+def test_the_operator_watches_only_its_pods_and_namespaces(
+    cluster: OperatorCluster, control_plane: ControlPlane
+) -> None:
+    with FaultProxy(control_plane.url, control_plane.ca_file) as proxy:
+        with cluster.operator(server=proxy.url):
+            cluster.create(small())
+            bring_up(cluster, "llama")
+        pod_reads = [r for r in proxy.requests if r.startswith("GET ") and "/pods" in r.split("?")[0]]
+    watches = [r for r in pod_reads if "watch=true" in r]
+    assert watches, "the operator watches pods"
+    for request in pod_reads:
+        assert f"/namespaces/{cluster.namespace}/pods" in request, f"pods read outside its namespace: {request}"
+    for request in watches:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.split(" ", 1)[1]).query)
+        assert query["labelSelector"] == ["app.kubernetes.io/managed-by=tpserve-operator"], request
