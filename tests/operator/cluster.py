@@ -68,6 +68,16 @@ class OperatorCluster:
     def service_names(self) -> set[str]:
         return {s["metadata"]["name"] for s in raw(self.core.list_namespaced_service, self.namespace)["items"]}
 
+    def owned_by(self, uid: str) -> list[str]:
+        """StatefulSets and Services whose owner references name `uid`."""
+        objects = raw(self.apps.list_namespaced_stateful_set, self.namespace)["items"]
+        objects += raw(self.core.list_namespaced_service, self.namespace)["items"]
+        return [
+            o["metadata"]["name"]
+            for o in objects
+            if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+        ]
+
     def events(self, reason: str) -> list[dict[str, Any]]:
         items = raw(self.core.list_namespaced_event, self.namespace)["items"]
         return [e for e in items if e.get("reason") == reason]
