@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p tpserve -p tpserve_operator
 
-# etcd, kube-apiserver and kube-controller-manager from the Go modules pinned in tools/k8s/go.mod,
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the Go modules pinned in tools/k8s/go.mod,
 # built once into .cache/k8s/ (minutes on a fresh machine), then reused.
 k8s-binaries:
 	bash tools/k8s/build.sh

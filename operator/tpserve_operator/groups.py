@@ -192,8 +192,12 @@ def decide_group(
         last_restart_time=last_restart,
         roll_start_time=previous.get("rollStartTime"),
     )
-    # A group that spent its restart budget stays Failed until the spec changes.
+    # A group that spent its restart budget stays Failed until the spec changes; a new spec
+    # starts with the whole budget.
     failed_generation = previous.get("failedGeneration")
+    if previous.get("phase") == "Failed" and failed_generation != generation:
+        restarts, last_restart = 0, None
+        base.update(restarts=0, last_restart_time=None)
     if previous.get("phase") == "Failed" and failed_generation == generation:
         return GroupDecision(
             phase="Failed",
@@ -219,15 +223,14 @@ def decide_group(
             **base,
         )
 
-    # Repairs come first, also for a group still waiting for its turn to roll: recreating it
-    # brings it up on the new spec anyway.
+    old_pods = [p for p in present if p["metadata"].get("labels", {}).get(LABEL_SPEC_HASH) != spec.spec_hash]
     reason = _restart_reason(spec, present, present_uids, formed)
-    if reason is not None:
+    # A group whose turn to roll has come is replaced by the roll, whatever state it is in; one
+    # still waiting for its turn is repaired if it breaks (which brings it up on the new spec).
+    if reason is not None and not (old_pods and may_roll):
         return _restart(
             spec, group, present, reason, restarts, last_restart, generation, now, formed, backoff_base_s, base
         )
-
-    old_pods = [p for p in present if p["metadata"].get("labels", {}).get(LABEL_SPEC_HASH) != spec.spec_hash]
     if old_pods:
         if not may_roll:
             return GroupDecision(

@@ -37,6 +37,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.policy = client.PolicyV1Api(api)
 
     @staticmethod
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
@@ -61,6 +62,12 @@ class Kube:
                 self.core.read_namespaced_service,
                 self.core.create_namespaced_service,
                 self.core.patch_namespaced_service,
+            )
+        if kind == "PodDisruptionBudget":
+            return (
+                self.policy.read_namespaced_pod_disruption_budget,
+                self.policy.create_namespaced_pod_disruption_budget,
+                self.policy.patch_namespaced_pod_disruption_budget,
             )
         raise ValueError(f"unsupported kind {kind}")
 
@@ -122,6 +129,16 @@ class Kube:
     async def list_pods(self, namespace: str, selector: str) -> list[Obj]:
         result = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
         return list((result or {}).get("items", []))
+
+    async def list_disruption_budgets(self, namespace: str, selector: str) -> list[Obj]:
+        result = await self._call(self.policy.list_namespaced_pod_disruption_budget, namespace, label_selector=selector)
+        return list((result or {}).get("items", []))
+
+    async def delete_disruption_budget(self, namespace: str, name: str) -> None:
+        await self._ignore_404(self.policy.delete_namespaced_pod_disruption_budget, name, namespace)
+
+    async def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        await self._ignore_404(self.core.patch_namespaced_pod, name, namespace, {"metadata": {"labels": labels}})
 
     async def list_statefulsets(self, namespace: str, selector: str) -> list[Obj]:
         result = await self._call(self.apps.list_namespaced_stateful_set, namespace, label_selector=selector)

@@ -31,6 +31,7 @@ LABEL_SERVICE = "tpserve.io/service"
 LABEL_ROLE = "tpserve.io/role"
 LABEL_GROUP = "tpserve.io/group"
 LABEL_SPEC_HASH = "tpserve.io/spec-hash"
+LABEL_INSTANCE = "tpserve.io/instance"  # one value per TPInferenceService, across namespaces
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 
 Obj = dict[str, Any]
@@ -158,7 +159,77 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
     }
 
 
-def _pod_template(spec: ServiceSpec, labels: dict[str, str], container: Obj, leader: bool) -> Obj:
+def instance_id(spec: ServiceSpec) -> str:
+    return hashlib.sha256(f"{spec.namespace}/{spec.name}".encode()).hexdigest()[:16]
+
+
+def _term(topology: str, match: dict[str, str], exclude: tuple[str, str] | None = None, **extra: Any) -> Obj:
+    """A required pod (anti-)affinity term over `topology`: pods with `match`, minus label value `exclude`."""
+    selector: Obj = {"matchLabels": match}
+    if exclude is not None:
+        selector["matchExpressions"] = [{"key": exclude[0], "operator": "NotIn", "values": [exclude[1]]}]
+    return {"labelSelector": selector, "topologyKey": topology, **extra}
+
+
+def placement_affinity(spec: ServiceSpec, group: int | None) -> Obj:
+    """Pod affinity for `placement.exclusiveTopology`: all pods of a group in one topology domain,
+    and no other TP group (of this service or any other) in that domain.
+
+    Workers (group G) require their leader's domain and refuse domains holding another group's
+    leader or workers; leaders refuse domains with another leader of this service. Required
+    anti-affinity is enforced both ways by the scheduler, so a leader cannot join a domain whose
+    workers belong to another group either. The leaders' shared template cannot name its group.
+    """
+    key = spec.exclusive_topology
+    ours = {LABEL_SERVICE: spec.name}
+    others = {
+        "labelSelector": {
+            "matchExpressions": [
+                {"key": LABEL_SERVICE, "operator": "Exists"},
+                {"key": LABEL_INSTANCE, "operator": "NotIn", "values": [instance_id(spec)]},
+            ]
+        },
+        "namespaceSelector": {},  # groups of other services in every namespace
+        "topologyKey": key,
+    }
+    if group is None:
+        return {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [_term(key, ours | {LABEL_ROLE: "leader"}), others]
+            }
+        }
+    index = str(group)
+    return {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                _term(key, ours | {LABEL_ROLE: "leader", POD_INDEX_LABEL: index})
+            ]
+        },
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                _term(key, ours | {LABEL_ROLE: "leader"}, exclude=(POD_INDEX_LABEL, index)),
+                _term(key, ours | {LABEL_ROLE: "worker"}, exclude=(LABEL_GROUP, index)),
+                others,
+            ]
+        },
+    }
+
+
+def _merged_affinity(user: Obj, placement: Obj) -> Obj:
+    """The user's affinity with the placement terms added to its required pod (anti-)affinity."""
+    merged = {k: dict(v) for k, v in user.items()}
+    for kind, terms in placement.items():
+        section = merged.setdefault(kind, {})
+        required = list(section.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        section["requiredDuringSchedulingIgnoredDuringExecution"] = (
+            required + terms["requiredDuringSchedulingIgnoredDuringExecution"]
+        )
+    return merged
+
+
+def _pod_template(
+    spec: ServiceSpec, labels: dict[str, str], container: Obj, leader: bool, group: int | None = None
+) -> Obj:
     volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}]
     if spec.model_volume:
         volumes.append({"name": "model", **spec.model_volume})
@@ -166,14 +237,21 @@ def _pod_template(spec: ServiceSpec, labels: dict[str, str], container: Obj, lea
         "containers": [container],
         "volumes": volumes,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
+        # The server drains within this (tpserve's SIGTERM handling), then the kubelet kills it.
+        "terminationGracePeriodSeconds": spec.termination_grace_period_s,
     }
     if leader:
         pod_spec["readinessGates"] = [{"conditionType": GROUP_READY_GATE}]
+    affinity = spec.affinity
+    if spec.exclusive_topology:
+        affinity = _merged_affinity(spec.affinity, placement_affinity(spec, None if leader else group))
+        labels = labels | {LABEL_INSTANCE: instance_id(spec)}  # or our own pods would count as "other"
     optional = {
         "nodeSelector": spec.node_selector,
         "tolerations": [dict(t) for t in spec.tolerations],
-        "affinity": spec.affinity,
+        "affinity": affinity,
+        "schedulerName": spec.scheduler_name,
+        "priorityClassName": spec.priority_class_name,
         "imagePullSecrets": [dict(s) for s in spec.image_pull_secrets],
         "serviceAccountName": spec.service_account_name,
     }
@@ -252,7 +330,7 @@ def worker_statefulset(spec: ServiceSpec, owner_uid: str, group: int) -> Obj:
         role,
         {LABEL_SERVICE: spec.name} | role,
         spec.nodes - 1,
-        _pod_template(spec, labels, container, leader=False),
+        _pod_template(spec, labels, container, leader=False, group=group),
         first_ordinal=1,
     )
 
@@ -283,6 +361,29 @@ def leader_service(spec: ServiceSpec, owner_uid: str) -> Obj:
             "type": "ClusterIP",
             "selector": leader_selector(spec.name),
             "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def disruption_budget_name(name: str, group: int) -> str:
+    return f"{name}-group-{group}"
+
+
+def group_disruption_budget(spec: ServiceSpec, owner_uid: str, group: int, serving: bool) -> Obj:
+    """A PodDisruptionBudget over one group's pods (the leader carries the group label too).
+
+    While the group serves, no voluntary disruption may take any of its pods (losing one rank
+    loses the group); while it does not, nothing is protected, so a broken group never blocks
+    a node drain.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec, disruption_budget_name(spec.name, group), owner_uid, {LABEL_GROUP: str(group)}),
+        "spec": {
+            "maxUnavailable": 0 if serving else spec.nodes,
+            "selector": {"matchLabels": {LABEL_SERVICE: spec.name, LABEL_GROUP: str(group)}},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 

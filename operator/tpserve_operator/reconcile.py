@@ -23,7 +23,9 @@ from .objects import (
     LABEL_ROLE,
     LABEL_SERVICE,
     desired_objects,
+    disruption_budget_name,
     endpoint,
+    group_disruption_budget,
     with_template_hash,
 )
 from .spec import ServiceSpec, SpecError
@@ -114,8 +116,31 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
         for pod_name in decision.delete_pods:
             await kube.delete_pod(namespace, pod_name)
         if group.leader is not None and not decision.delete_pods:
+            await _label_leader(kube, group.leader, decision.index)
             await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
+    await _apply_disruption_budgets(kube, spec, uid, decisions)
     return next_due_s(spec, decisions, moment, settings.backoff_base_s)
+
+
+async def _label_leader(kube: Kube, leader: Obj, group: int) -> None:
+    """Give a leader pod its group label: the leaders' shared template cannot, and the group's
+    PodDisruptionBudget selects its pods by it."""
+    if (leader["metadata"].get("labels") or {}).get(LABEL_GROUP) != str(group):
+        await kube.label_pod(leader["metadata"]["namespace"], leader["metadata"]["name"], {LABEL_GROUP: str(group)})
+
+
+async def _apply_disruption_budgets(kube: Kube, spec: ServiceSpec, uid: str, decisions: list[GroupDecision]) -> None:
+    wanted = {}
+    if spec.disruption_budget:
+        wanted = {
+            disruption_budget_name(spec.name, d.index): group_disruption_budget(spec, uid, d.index, d.phase == "Ready")
+            for d in decisions
+        }
+    for budget in wanted.values():
+        await kube.apply(budget)
+    for existing in await kube.list_disruption_budgets(spec.namespace, f"{LABEL_SERVICE}={spec.name}"):
+        if existing["metadata"]["name"] not in wanted:
+            await kube.delete_disruption_budget(spec.namespace, existing["metadata"]["name"])
 
 
 def next_due_s(

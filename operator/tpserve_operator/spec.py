@@ -96,6 +96,11 @@ class ServiceSpec:
     max_group_restarts: int = 5
     restart_budget_reset_s: int = 3600
     progress_deadline_s: int = 1800
+    exclusive_topology: str = ""  # a node label key: one group per domain, a group within one domain
+    scheduler_name: str = ""
+    priority_class_name: str = ""
+    termination_grace_period_s: int = 30
+    disruption_budget: bool = True  # a PodDisruptionBudget per group
     spec_hash: str = ""  # of the rendered pod templates: objects.with_template_hash sets it
 
     @property
@@ -178,6 +183,11 @@ class ServiceSpec:
             max_group_restarts=_int(spec, "maxGroupRestarts", default=5),
             restart_budget_reset_s=_int(spec, "restartBudgetResetSeconds", default=3600),
             progress_deadline_s=_int(spec, "progressDeadlineSeconds", default=1800),
+            exclusive_topology=str(_mapping(spec, "placement").get("exclusiveTopology") or ""),
+            scheduler_name=str(spec.get("schedulerName") or ""),
+            priority_class_name=str(spec.get("priorityClassName") or ""),
+            termination_grace_period_s=_int(spec, "terminationGracePeriodSeconds", default=30),
+            disruption_budget=bool(spec.get("podDisruptionBudget", True)),
         )
 
 

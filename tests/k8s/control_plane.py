@@ -5,7 +5,9 @@ API server runs with RBAC and Node authorization, its default admission plugins,
 signing key and a self-signed serving certificate; an admin token (group system:masters) is the
 suite's credential, written into a kubeconfig. The controller manager runs the controllers the
 operator relies on (StatefulSets, garbage collection, service accounts and their tokens, endpoint
-slices). There is no kubelet or container runtime: pods stay Pending unless a test plays the node.
+slices, disruption budgets). kube-scheduler runs only inside `scheduler(name)`, for the pods that
+name its profile. There is no kubelet or container runtime: pods stay Pending unless a test plays
+the node.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60
 CONTROLLERS = "statefulset-controller,garbage-collector-controller,serviceaccount-controller,"
-CONTROLLERS += "serviceaccount-token-controller,endpointslice-controller,namespace-controller"
+CONTROLLERS += "serviceaccount-token-controller,endpointslice-controller,namespace-controller,disruption-controller"
 
 
 def build_binaries() -> Path:
@@ -107,6 +111,27 @@ class ControlPlane:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+    @contextmanager
+    def scheduler(self, name: str) -> Iterator[None]:
+        """kube-scheduler with one profile, `name`: it places only pods with that schedulerName, so
+        the other tests' pods stay with their own simulated nodes."""
+        config = self.work / f"scheduler-{name}.yaml"
+        config.write_text(
+            "apiVersion: kubescheduler.config.k8s.io/v1\n"
+            "kind: KubeSchedulerConfiguration\n"
+            f"clientConnection: {{kubeconfig: {self.kubeconfig}}}\n"
+            "leaderElection: {leaderElect: false}\n"
+            f"profiles: [{{schedulerName: {name}}}]\n"
+        )
+        self._spawn("kube-scheduler", f"--config={config}", "--secure-port=0")
+        process = self.processes[-1]
+        try:
+            yield
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            self.processes.remove(process)
 
     def kubectl(
         self, *args: str, check: bool = True, input_text: str | None = None

@@ -27,10 +27,21 @@ def now() -> str:
 
 
 class Node:
-    def __init__(self, namespace: str, name: str | None = None, labels: dict[str, str] | None = None) -> None:
+    """A node of the test cluster; with `binds=False` kube-scheduler places pods on it instead."""
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        capacity: dict[str, str] | None = None,
+        binds: bool = True,
+    ) -> None:
         self.namespace = namespace
         self.name = name or f"node-{namespace}"
         self.labels = labels or {}
+        self.capacity = capacity or {}
+        self.binds = binds
         self.core = client.CoreV1Api()
         self.unschedulable: dict[str, str] = {}  # pod name -> the scheduler's message
         self._registered = False
@@ -42,8 +53,12 @@ class Node:
             "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name, **self.labels}},
         }
         tolerate(409, self.core.create_node, body)
-        status = {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+        ready = [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node"}]
+        status = {"status": {"conditions": ready, "capacity": self.capacity, "allocatable": self.capacity}}
         self.core.patch_node_status(self.name, status, _preload_content=False)
+        # What the node lifecycle controller does for a Ready node: lift the not-ready taint the
+        # API server put on it at registration (kube-scheduler honours it).
+        self.core.patch_node(self.name, {"spec": {"taints": []}}, _preload_content=False)
         self._registered = True
 
     def pods(self) -> list[Obj]:
@@ -53,8 +68,8 @@ class Node:
         live = []
         for pod in raw(self.core.list_namespaced_pod, self.namespace)["items"]:
             if not pod["spec"].get("nodeName"):
-                if pod["metadata"].get("deletionTimestamp"):
-                    continue  # an unbound pod is removed by the API server itself
+                if pod["metadata"].get("deletionTimestamp") or not self.binds:
+                    continue  # an unbound pod is removed by the API server itself; or kube-scheduler binds
                 message = self.unschedulable.get(pod["metadata"]["name"])
                 if message is not None:
                     self._refuse(pod, message)
@@ -102,8 +117,8 @@ class Node:
 class SimulatedKubelet(Node):
     """Pod status as a test dictates: containers ready or not, restart counts."""
 
-    def __init__(self, namespace: str) -> None:
-        super().__init__(namespace)
+    def __init__(self, namespace: str, **node: Any) -> None:
+        super().__init__(namespace, **node)
         self.containers_ready: dict[str, bool] = {}  # pod name -> containers ready
         self.restarts: dict[str, int] = {}
         self.default_ready = False

@@ -82,6 +82,17 @@ class OperatorCluster:
         items = raw(self.core.list_namespaced_event, self.namespace)["items"]
         return [e for e in items if e.get("reason") == reason]
 
+    def wait_events(self, reason: str, containing: str = "", count: int = 1) -> list[dict[str, Any]]:
+        """Events with `reason` (and `containing` in their message), once there are `count` of them:
+        the operator posts a reconcile's Events after that reconcile's writes."""
+        return poll_until(
+            lambda: (
+                len(found := [e for e in self.events(reason) if containing in e.get("message", "")]) >= count and found
+            ),
+            TIMEOUT,
+            what=f"{count} {reason} Event(s)",
+        )
+
     def gate(self, pod_name: str) -> str | None:
         for cond in self.pod(pod_name).get("status", {}).get("conditions") or []:
             if cond["type"] == "tpserve.io/group-ready":

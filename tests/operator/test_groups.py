@@ -117,7 +117,7 @@ def test_an_object_the_api_server_refuses_is_named_and_others_keep_reconciling(c
         assert degraded["status"] == "True"
         assert degraded["message"].startswith("StatefulSet broken-leader: ")
         assert "must be less than or equal to cpu limit" in degraded["message"]
-        assert any("StatefulSet broken-leader" in e["message"] for e in cluster.events("ApplyFailed"))
+        cluster.wait_events("ApplyFailed", containing="StatefulSet broken-leader")
         bring_up(cluster, "healthy")
 
         cluster.patch_spec("broken", {"resources": {"requests": {"cpu": "1"}}})
@@ -137,7 +137,7 @@ def test_a_stuck_rollout_reports_its_progress_deadline(cluster: OperatorCluster)
             what="Progressing/ProgressDeadlineExceeded",
         )
         assert progressing["status"] == "False" and "group 0" in progressing["message"]
-        assert cluster.events("ProgressDeadlineExceeded")
+        cluster.wait_events("ProgressDeadlineExceeded")
 
         cluster.kubelet.default_ready = True  # whatever held it up is fixed: the rollout completes
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="rolled")

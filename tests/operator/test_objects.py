@@ -123,3 +123,22 @@ def test_invalid_specs_name_the_field(spec: dict, field: str) -> None:
         ServiceSpec.parse("x", "default", service_body(**spec)["spec"])
     assert info.value.field_path == field
     assert str(info.value).startswith(f"spec.{field}:")
+
+
+def test_placement_adds_to_the_users_affinity_and_is_absent_without_it() -> None:
+    node_affinity = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": []}]}
+    }
+    plain = build(affinity={"nodeAffinity": node_affinity})
+    assert plain["StatefulSet/llama-worker-0"]["spec"]["template"]["spec"]["affinity"] == {
+        "nodeAffinity": node_affinity
+    }
+    placed = build(affinity={"nodeAffinity": node_affinity}, placement={"exclusiveTopology": "example.com/rack"})
+    worker = placed["StatefulSet/llama-worker-0"]["spec"]["template"]
+    affinity = worker["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == node_affinity
+    [follow] = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert follow["topologyKey"] == "example.com/rack"
+    assert follow["labelSelector"]["matchLabels"]["apps.kubernetes.io/pod-index"] == "0"
+    assert len(affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]) == 3
+    assert "tpserve.io/instance" in worker["metadata"]["labels"]

@@ -65,7 +65,7 @@ def test_worker_restart_recreates_the_whole_group(cluster: OperatorCluster) -> N
             what="leader and worker both replaced",
         )
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
-        assert cluster.events("GroupRestart"), "the decision is an Event"
+        cluster.wait_events("GroupRestart")  # the decision is an Event
 
 
 def test_vanished_worker_pod_recreates_the_group(cluster: OperatorCluster) -> None:
@@ -98,7 +98,7 @@ def test_exhausted_restart_budget_fails_until_the_spec_changes(cluster: Operator
         status = poll_until(lambda: (s := cluster.status("llama"))["phase"] == "Failed" and s, TIMEOUT, what="Failed")
         assert "restart budget of 1 exhausted" in status["groups"][0]["message"]
         assert {c["type"]: c["status"] for c in status["conditions"]}["Degraded"] == "True"
-        assert cluster.events("GroupFailed")
+        cluster.wait_events("GroupFailed")
         assert cluster.gate("llama-leader-0") == "False"
         # Failed is sticky: nothing is recreated while the spec stays the same.
         assert cluster.status("llama")["groups"][0]["restarts"] == 1
@@ -158,7 +158,7 @@ def test_spec_change_rolls_group_by_group(cluster: OperatorCluster) -> None:
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT)
         args = cluster.pod("llama-leader-1")["spec"]["containers"][0]["args"]
         assert args[args.index("--max-prefill-length") + 1] == "1024"
-        assert len(cluster.events("RollingGroup")) >= 2
+        cluster.wait_events("RollingGroup", count=2)
         assert all(g["restarts"] == 0 for g in cluster.status("llama")["groups"]), "a roll is not a restart"
 
 
@@ -184,7 +184,7 @@ def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: Oper
         )
         ready = next(c for c in status["conditions"] if c["type"] == "Ready")
         assert ready["reason"] == "InvalidSpec" and "spec.engine.extraArgs" in ready["message"]
-        assert any("spec.engine.extraArgs" in e["message"] for e in cluster.events("InvalidSpec"))
+        cluster.wait_events("InvalidSpec", containing="spec.engine.extraArgs")
         bring_up(cluster, "healthy")
         assert not any(name.startswith("broken") for name in cluster.statefulset_names())
         cluster.patch_spec("broken", {"engine": {"extraArgs": []}})

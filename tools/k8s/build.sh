@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the control plane the test suite runs, from the Go modules pinned in tools/k8s/go.mod:
-# etcd, kube-apiserver and kube-controller-manager, into .cache/k8s/<kubernetes>-etcd-<etcd>/ once;
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler, into .cache/k8s/<kubernetes>-etcd-<etcd>/ once;
 # later runs find them there and build nothing. Prints that folder.
 #   bash tools/k8s/build.sh
 set -euo pipefail
@@ -10,7 +10,7 @@ version() { awk -v m="$1" '$1 == m && NF >= 2 && $2 ~ /^v/ { print $2; exit }' "
 kubernetes=$(version k8s.io/kubernetes)
 etcd=$(version go.etcd.io/etcd/server/v3)
 out="$root/.cache/k8s/$kubernetes-etcd-$etcd"
-binaries=(etcd kube-apiserver kube-controller-manager)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 missing=0
 for b in "${binaries[@]}"; do [ -x "$out/$b" ] || missing=1; done
 if [ "$missing" = 1 ]; then
@@ -19,7 +19,8 @@ if [ "$missing" = 1 ]; then
     rm -rf "$out.tmp" && mkdir -p "$out.tmp"
     cd "$here"
     go build -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
-    go build -o "$out.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    go build -o "$out.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler
     rm -rf "$out" && mv "$out.tmp" "$out"
     echo "built in $((SECONDS - started)) s" >&2
 fi

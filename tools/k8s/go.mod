@@ -1,5 +1,5 @@
 // Builds the control-plane binaries the test suite runs (kube-apiserver, kube-controller-manager,
-// etcd) from their Go modules at pinned releases: see tools/k8s/build.sh.
+// kube-scheduler, etcd) from their Go modules at pinned releases: see tools/k8s/build.sh.
 module tpserve.local/tools/k8s
 
 go 1.26.0
@@ -8,6 +8,7 @@ tool (
 	go.etcd.io/etcd/server/v3
 	k8s.io/kubernetes/cmd/kube-apiserver
 	k8s.io/kubernetes/cmd/kube-controller-manager
+	k8s.io/kubernetes/cmd/kube-scheduler
 )
 
 require (
