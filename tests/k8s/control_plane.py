@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
 
 The binaries come from `tools/k8s/build.sh` (built once from pinned Go modules, then cached). The
-API server runs with RBAC and Node authorization, its default admission plugins, a service-account
+API server runs with RBAC and Node authorization, its default admission plugins plus
+OwnerReferencesPermissionEnforcement and NodeRestriction, a service-account
 signing key and a self-signed serving certificate; an admin token (group system:masters) is the
 suite's credential, written into a kubeconfig. The controller manager runs the controllers the
 operator relies on (StatefulSets, garbage collection, service accounts and their tokens, endpoint
@@ -79,6 +80,10 @@ class ControlPlane:
             f"--cert-dir={self.work / 'certs'}",  # a self-signed serving certificate is made here
             f"--token-auth-file={self.work / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
+            # Beside the defaults: owner references that block deletion need the right to set the
+            # owner's finalizers (as OpenShift and hardened clusters enforce), and kubelets may
+            # only touch their own node and pods.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement,NodeRestriction",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.work / 'sa.pub'}",
             f"--service-account-signing-key-file={self.work / 'sa.key'}",

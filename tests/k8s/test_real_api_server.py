@@ -63,6 +63,18 @@ def test_kubectl_shows_printer_columns_explains_fields_and_scales(
     assert table[1].split()[:3] == ["tiny", "2", "2"]
     explained = control_plane.kubectl("explain", "tpis.spec.engine").stdout
     assert "maxPrefillLength" in explained
+    spec_fields = control_plane.kubectl("explain", "tpis.spec").stdout
+    for field in (
+        "restartBudgetResetSeconds",
+        "progressDeadlineSeconds",
+        "placement",
+        "schedulerName",
+        "priorityClassName",
+        "terminationGracePeriodSeconds",
+        "podDisruptionBudget",
+    ):
+        assert field in spec_fields, f"kubectl explain tpis.spec does not list {field}"
+    assert "NVLink domain" in control_plane.kubectl("explain", "tpis.spec.placement.exclusiveTopology").stdout
     control_plane.kubectl("scale", "tpis", "tiny", "-n", namespace, "--replicas", "2")
     spec = json.loads(control_plane.kubectl("get", "tpis", "tiny", "-n", namespace, "-o", "json").stdout)["spec"]
     assert spec["replicas"] == 2

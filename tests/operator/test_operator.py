@@ -168,11 +168,16 @@ def test_delete_leaves_nothing_behind(cluster: OperatorCluster) -> None:
         bring_up(cluster, "llama", groups=2)
         assert not cluster.service("llama")["metadata"].get("finalizers"), "deletion must not wait for the operator"
         cluster.delete("llama")
-        poll_until(
-            lambda: not cluster.statefulset_names() and not cluster.service_names() and not cluster.pods(),
-            TIMEOUT,
-            what="all gone",
-        )
+        try:
+            # The garbage collector learns a CRD created after it started on its next discovery
+            # resync (every 30 s): the first deletion right after `helm install` may wait for it.
+            poll_until(
+                lambda: not cluster.statefulset_names() and not cluster.service_names() and not cluster.pods(),
+                TIMEOUT + 30,
+            )
+        except TimeoutError:
+            left = [cluster.statefulset_names(), cluster.service_names(), [p["metadata"] for p in cluster.pods()]]
+            raise AssertionError(f"left behind: {left}") from None
 
 
 def test_invalid_spec_gets_a_condition_and_others_keep_reconciling(cluster: OperatorCluster) -> None:
@@ -223,7 +228,7 @@ def test_a_namespaced_install_is_enough_for_its_namespace(
             cluster.patch_spec("llama", {"replicas": 1})
             poll_until(lambda: cluster.status("llama")["replicas"] == 1, TIMEOUT, what="scaled down")
             cluster.delete("llama")
-            poll_until(lambda: not cluster.statefulset_names(), TIMEOUT, what="all gone")
+            poll_until(lambda: not cluster.statefulset_names(), TIMEOUT + 30, what="all gone")  # GC resync
         assert not cluster.forbidden_calls(), "\n".join(cluster.forbidden_calls()[:5])
     finally:
         helm(control_plane, "uninstall", release, "-n", f"{namespace}-operator")

@@ -39,6 +39,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [tpserve.io]
   resources: [tpinferenceservices/status]
   verbs: [get, patch, update]
+# Our objects' owner references block the service's deletion until they are gone; the API server
+# (OwnerReferencesPermissionEnforcement) lets only who may set its finalizers say so.
+- apiGroups: [tpserve.io]
+  resources: [tpinferenceservices/finalizers]
+  verbs: [update]
 - apiGroups: [apps]
   resources: [statefulsets]
   verbs: [get, list, watch, create, patch, update, delete]
