@@ -93,7 +93,14 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
         )
         decisions.append(decision)
 
-    # Record decisions (restart counts above all) before acting on them: an operator that dies
+    # The readiness gates first: the status must not say Ready before the Service routes to the
+    # group, and a gate that shuts must shut at once.
+    for decision, group in zip(decisions, groups.values()):
+        if group.leader is not None and not decision.delete_pods:
+            await _label_leader(kube, group.leader, decision.index)
+            await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
+
+    # Record decisions (restart counts above all) before deleting pods: an operator that dies
     # between the two must not forget a restart it made.
     status = service_status(spec, previous, generation, decisions, moment)
     if _status_changed(previous, status):
@@ -110,14 +117,11 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
             emit("Warning", DEADLINE, _condition_message(status, "Progressing"))
         await kube.patch_service_status(namespace, name, status)
 
-    for decision, group in zip(decisions, groups.values()):
+    for decision in decisions:
         if decision.event is not None:
             emit(*decision.event)
         for pod_name in decision.delete_pods:
             await kube.delete_pod(namespace, pod_name)
-        if group.leader is not None and not decision.delete_pods:
-            await _label_leader(kube, group.leader, decision.index)
-            await _set_gate(kube, group.leader, decision.gate, decision.message, moment)
     await _apply_disruption_budgets(kube, spec, uid, decisions)
     return next_due_s(spec, decisions, moment, settings.backoff_base_s)
 
