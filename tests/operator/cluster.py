@@ -151,3 +151,12 @@ def uids(cluster: OperatorCluster, pods: list[str]) -> dict[str, str]:
         for p in cluster.pods()
         if p["metadata"]["name"] in pods and not p["metadata"].get("deletionTimestamp")
     }
+
+
+def wait_replaced(cluster: OperatorCluster, pods: list[str], before: dict[str, str], what: str) -> None:
+    """Until every one of `pods` exists again with a uid none of them had `before`."""
+    poll_until(
+        lambda: len(now := uids(cluster, pods)) == len(pods) and set(now.values()).isdisjoint(before.values()),
+        TIMEOUT,
+        what=what,
+    )

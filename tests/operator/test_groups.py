@@ -11,7 +11,7 @@ from tests.k8s.control_plane import ControlPlane
 from tests.k8s.fault_proxy import Fault, FaultProxy
 from tests.server.server_process import poll_until
 
-from .cluster import TIMEOUT, OperatorCluster, bring_up, group_pods, make_ready, small, uids
+from .cluster import TIMEOUT, OperatorCluster, bring_up, group_pods, make_ready, small, uids, wait_replaced
 
 NO_GPU = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
 
@@ -94,11 +94,7 @@ def test_a_restart_is_recorded_before_its_pods_are_deleted_and_counted_once(
 
             refused.times = refused.hits  # the API server takes deletes again
             cluster.kubelet.restarts.clear()
-            poll_until(
-                lambda: len(u := uids(cluster, members)) == 2 and set(u.values()).isdisjoint(before.values()),
-                TIMEOUT,
-                what="group recreated",
-            )
+            wait_replaced(cluster, members, before, "group recreated")
             poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
             assert cluster.status("llama")["groups"][0]["restarts"] == 1
             assert len(cluster.events("GroupRestart")) == 1

@@ -13,7 +13,7 @@ from tests.k8s.control_plane import ControlPlane
 from tests.k8s.operator_install import helm, install
 from tests.server.server_process import poll_until
 
-from .cluster import TIMEOUT, OperatorCluster, bring_up, group_pods, make_ready, pod_ready, small, uids
+from .cluster import TIMEOUT, OperatorCluster, bring_up, group_pods, make_ready, pod_ready, small, uids, wait_replaced
 
 
 def test_create_builds_objects_and_ready_group_opens_the_gate(cluster: OperatorCluster) -> None:
@@ -59,11 +59,7 @@ def test_worker_restart_recreates_the_whole_group(cluster: OperatorCluster) -> N
         cluster.kubelet.restarts["llama-worker-0-1"] = 1  # the worker's container restarted
         poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
         cluster.kubelet.restarts.clear()
-        poll_until(
-            lambda: len(u := uids(cluster, members)) == 2 and set(u.values()).isdisjoint(before.values()),
-            TIMEOUT,
-            what="leader and worker both replaced",
-        )
+        wait_replaced(cluster, members, before, "leader and worker both replaced")
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
         cluster.wait_events("GroupRestart")  # the decision is an Event
 
