@@ -50,23 +50,21 @@ class Kube:
         return await asyncio.to_thread(run)
 
     # -- generic apply ---------------------------------------------------------------------------
-    def _ops(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    def _ops(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(read, patch) of a kind we apply: server-side apply creates with a patch too."""
         if kind == "StatefulSet":
             return (
                 self.apps.read_namespaced_stateful_set,
-                self.apps.create_namespaced_stateful_set,
                 self.apps.patch_namespaced_stateful_set,
             )
         if kind == "Service":
             return (
                 self.core.read_namespaced_service,
-                self.core.create_namespaced_service,
                 self.core.patch_namespaced_service,
             )
         if kind == "PodDisruptionBudget":
             return (
                 self.policy.read_namespaced_pod_disruption_budget,
-                self.policy.create_namespaced_pod_disruption_budget,
                 self.policy.patch_namespaced_pod_disruption_budget,
             )
         raise ValueError(f"unsupported kind {kind}")
@@ -80,7 +78,7 @@ class Kube:
         set that someone else changed by hand. Applying an unchanged object writes nothing.
         """
         meta = obj["metadata"]
-        read, _, patch = self._ops(obj["kind"])
+        read, patch = self._ops(obj["kind"])
         try:
             current = await self._call(read, meta["name"], meta["namespace"])
         except ApiException as exc:
@@ -115,7 +113,7 @@ class Kube:
             for e in entries
             if not (e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply")
         ]
-        _, _, patch = self._ops(obj["kind"])
+        _, patch = self._ops(obj["kind"])
         meta = obj["metadata"]
         await self._call(
             patch,
