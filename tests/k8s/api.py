@@ -16,12 +16,12 @@ def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return json.loads(response.data) if response.data else None
 
 
-def tolerate(status: int, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def tolerate(status: int | tuple[int, ...], call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Make the call; an ApiException with `status` (404 gone, 409 exists) is an expected race."""
     try:
         call(*args, _preload_content=False, **kwargs)
     except ApiException as exc:
-        if exc.status != status:
+        if exc.status not in (status if isinstance(status, tuple) else (status,)):
             raise
 
 

@@ -15,7 +15,6 @@ import datetime
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from .api import raw, tolerate
 
@@ -83,11 +82,8 @@ class Node:
     def confirm_deletion(self, pod: Obj) -> None:
         """The kubelet's last word on a terminating pod: its containers are gone, remove it now."""
         options = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}}
-        try:
-            tolerate(404, self.core.delete_namespaced_pod, pod["metadata"]["name"], self.namespace, body=options)
-        except ApiException as exc:
-            if exc.status != 409:  # 409: a newer pod of that name already replaced it
-                raise
+        # 404: gone already; 409: a newer pod of that name replaced it.
+        tolerate((404, 409), self.core.delete_namespaced_pod, pod["metadata"]["name"], self.namespace, body=options)
 
     def _refuse(self, pod: Obj, message: str) -> None:
         """What kube-scheduler writes for a pod no node can take."""
@@ -111,7 +107,8 @@ class Node:
             "metadata": {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
             "target": {"apiVersion": "v1", "kind": "Node", "name": self.name},
         }
-        tolerate(409, self.core.create_namespaced_pod_binding, pod["metadata"]["name"], self.namespace, binding)
+        # 409: bound already, or a newer pod took the name; 404: deleted since it was listed.
+        tolerate((404, 409), self.core.create_namespaced_pod_binding, pod["metadata"]["name"], self.namespace, binding)
 
 
 class SimulatedKubelet(Node):
