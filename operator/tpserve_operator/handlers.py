@@ -15,12 +15,12 @@ from typing import Any
 
 import kopf
 
-from .kube import Kube
+from .kube import FIELD_MANAGER, Kube
 from .objects import API_GROUP, LABEL_SERVICE, PLURAL
 from .reconcile import ReconcileSettings, reconcile
 
 VERSION = "v1alpha1"
-MANAGED_BY, MANAGER = "app.kubernetes.io/managed-by", "tpserve-operator"
+MANAGED_BY = "app.kubernetes.io/managed-by"  # its value on our objects is the field manager's name
 # A safety net only: reconciles are triggered by events and by timers for time-based decisions.
 RECONCILE_INTERVAL_S = float(os.environ.get("TPSERVE_RECONCILE_INTERVAL_S", "120"))
 RETRY_BACKOFF_S = 5.0  # after an API error; the timer re-reconciles anyway
@@ -56,7 +56,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own decisions are posted explicitly
     settings.watching.server_timeout = 120
     # Only our pods travel from the API server: the watch carries the label selector.
-    settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_BY}={MANAGER}"
+    settings.watching.label_selectors["v1", "pods"] = f"{MANAGED_BY}={FIELD_MANAGER}"
     settings.networking.request_timeout = 30
 
 
@@ -150,10 +150,7 @@ async def _resync_forever(namespaces: list[str]) -> None:
             logging.getLogger(__name__).warning("listing TPInferenceServices failed", exc_info=True)
             continue
         for service in services:
-            try:
-                await _reconcile(service)
-            except Exception:  # one broken resource must not stop the others
-                logging.getLogger(__name__).exception("reconciling %s failed", service["metadata"]["name"])
+            await _reconcile_logged(service)  # one broken resource must not stop the others
 
 
 @kopf.on.startup()
@@ -168,7 +165,7 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: MANAGER})
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: FIELD_MANAGER})
 async def on_pod_event(body: kopf.Body, **_: Any) -> None:
     """A managed pod changed: re-judge its group now rather than at the next timer tick."""
     name = body.get("metadata", {}).get("labels", {}).get(LABEL_SERVICE)

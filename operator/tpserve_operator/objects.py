@@ -19,6 +19,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from .gang import gang_metadata
 from .spec import GPU_RESOURCE, RENDEZVOUS_PORT, ServiceSpec
 
 API_GROUP = "tpserve.io"
@@ -33,6 +34,7 @@ LABEL_GROUP = "tpserve.io/group"
 LABEL_SPEC_HASH = "tpserve.io/spec-hash"
 LABEL_INSTANCE = "tpserve.io/instance"  # one value per TPInferenceService, across namespaces
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+SHUTDOWN_MARGIN_S = 5  # of terminationGracePeriodSeconds, for stopping the ranks after the drain
 
 Obj = dict[str, Any]
 
@@ -115,6 +117,9 @@ def server_args(spec: ServiceSpec, node_rank: str, dist_init_addr: str) -> list[
         str(spec.port),
         "--device",
         spec.device,
+        # The drain must end before the kubelet's SIGKILL: leave the ranks time to stop after it.
+        "--shutdown-timeout",
+        str(max(0, spec.termination_grace_period_s - SHUTDOWN_MARGIN_S)),
     ]
     if spec.served_name:
         args += ["--served-model-name", spec.served_name]
@@ -256,7 +261,11 @@ def _pod_template(
         "serviceAccountName": spec.service_account_name,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
-    return {"metadata": {"labels": labels}, "spec": pod_spec}
+    gang_labels, annotations = gang_metadata(spec, None if leader else group)
+    metadata: Obj = {"labels": labels | gang_labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": pod_spec}
 
 
 def _statefulset(

@@ -25,6 +25,7 @@ DERIVED_FLAGS = (
     "--host",
     "--served-model-name",
     "--device",
+    "--shutdown-timeout",  # from terminationGracePeriodSeconds
 )
 
 
@@ -101,6 +102,8 @@ class ServiceSpec:
     priority_class_name: str = ""
     termination_grace_period_s: int = 30
     disruption_budget: bool = True  # a PodDisruptionBudget per group
+    kueue_queue_name: str = ""  # gangScheduling.kueueQueueName: Kueue admits each group as one pod group
+    pod_group_label: str = ""  # gangScheduling.podGroupLabel: a label key naming each group's PodGroup
     spec_hash: str = ""  # of the rendered pod templates: objects.with_template_hash sets it
 
     @property
@@ -188,6 +191,8 @@ class ServiceSpec:
             priority_class_name=str(spec.get("priorityClassName") or ""),
             termination_grace_period_s=_int(spec, "terminationGracePeriodSeconds", default=30),
             disruption_budget=bool(spec.get("podDisruptionBudget", True)),
+            kueue_queue_name=str(_mapping(spec, "gangScheduling").get("kueueQueueName") or ""),
+            pod_group_label=str(_mapping(spec, "gangScheduling").get("podGroupLabel") or ""),
         )
 
 

@@ -201,3 +201,20 @@ def test_dockerfile_passes_hadolint() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert "AS server" in text and "AS operator" in text
     assert text.count("USER 10001") == 2, "both images run as a non-root user"
+
+
+def test_the_group_labels_policy_is_installed_where_the_api_is_served() -> None:
+    api = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
+    assert not [o for o in render({}) if o["kind"].startswith("MutatingAdmissionPolicy")], "API not served: skipped"
+    proc = helm(
+        "template", "t", str(CHART), "--api-versions", api, *values_args({"watchNamespaces": ["team-a", "team-b"]})
+    )
+    assert proc.returncode == 0, proc.stderr
+    objects = {o["kind"]: o for o in yaml.safe_load_all(proc.stdout) if o}
+    policy, binding = objects["MutatingAdmissionPolicy"], objects["MutatingAdmissionPolicyBinding"]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
+    [namespaces] = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert namespaces["values"] == ["team-a", "team-b"]
+    proc = helm("template", "t", str(CHART), "--api-versions", api, "--set", "groupLabelsPolicy.enabled=false")
+    assert "MutatingAdmissionPolicy" not in proc.stdout
