@@ -22,6 +22,9 @@ from ..models.config import ModelConfig
 from .reasoning import REASONING_PARSERS
 from .tool_calls import TOOL_CALL_PARSERS
 
+# Generous: a queue this long is minutes of work; the bound is there so memory cannot grow without one.
+DEFAULT_MAX_QUEUED_REQUESTS = 4096
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -34,6 +37,20 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -131,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=30000, help="HTTP port (node 0: the API; other nodes: a health endpoint)"
     )
     serving.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    serving.add_argument(
+        "--max-queued-requests",
+        type=_positive_int,
+        default=DEFAULT_MAX_QUEUED_REQUESTS,
+        help="generation requests (choices) that may wait for the engine; beyond it 429 with Retry-After",
+    )
+    serving.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        help="seconds a request may run before it is aborted (504, or an error event mid-stream); default none",
+    )
+    serving.add_argument(
+        "--shutdown-timeout",
+        type=_non_negative_float,
+        default=25.0,
+        help="on SIGTERM: seconds in-flight requests get to finish before the group stops",
+    )
     serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serving.add_argument(
         "--tool-call-parser",
@@ -216,6 +250,9 @@ class ServerArgs:
     log_level: str
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    request_timeout_s: float | None = None
+    shutdown_timeout_s: float = 25.0
 
 
 def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
@@ -278,6 +315,9 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
         log_level=ns.log_level,
         tool_call_parser=ns.tool_call_parser,
         reasoning_parser=ns.reasoning_parser,
+        max_queued_requests=ns.max_queued_requests,
+        request_timeout_s=ns.request_timeout,
+        shutdown_timeout_s=ns.shutdown_timeout,
     )
 
 

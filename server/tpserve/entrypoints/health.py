@@ -8,6 +8,8 @@ from typing import Any
 from ..distributed.status_board import GroupWatcher, Phase, RankStatus
 from ..engine.launcher import LocalRanks
 
+DRAINING = "draining: the server is shutting down"
+
 
 @dataclass(frozen=True)
 class HealthReport:
@@ -15,9 +17,10 @@ class HealthReport:
     failed: str | None  # why the group can no longer serve; the process exits soon after
     missing: list[str] = field(default_factory=list)  # what readiness still waits for
     ranks: list[RankStatus] = field(default_factory=list)
+    draining: bool = False  # SIGTERM: finishing in-flight requests, taking no new ones
 
     def body(self) -> dict[str, Any]:
-        status = "ok" if self.ready else ("failed" if self.failed else "starting")
+        status = "ok" if self.ready else ("failed" if self.failed else ("draining" if self.draining else "starting"))
         return {
             "status": status,
             "failed": self.failed,
@@ -38,9 +41,16 @@ class GroupMonitor:
         self.warmed_up = False  # node 0: a warm-up generation ran across all ranks
         self.needs_engine = ranks.config.node_rank == 0
         self._failed: str | None = None
+        self.draining = False
         # The watch loop is the only caller of check(); /health serves its latest result, so the
         # store client and the heartbeat table are never used from two threads at once.
         self.latest = HealthReport(ready=False, failed=None, missing=["first health check"])
+
+    def start_draining(self) -> None:
+        """Unready from now on (the Service stops routing here), without waiting for the next check."""
+        self.draining = True
+        latest = self.latest
+        self.latest = HealthReport(False, latest.failed, [*latest.missing, DRAINING], latest.ranks, draining=True)
 
     def fail(self, reason: str) -> None:
         self._failed = self._failed or reason
@@ -65,12 +75,18 @@ class GroupMonitor:
             except Exception as exc:  # node 0's store went away
                 self.fail(f"lost node 0's rendezvous store ({type(exc).__name__})")
             missing = self._judge(statuses)
+        if self.draining:
+            missing.append(DRAINING)
         if self.needs_engine and not self.engine_ready:
             missing.append("engine: waiting for all ranks")
         elif self.needs_engine and not self.warmed_up:
             missing.append("warm-up generation")
         self.latest = HealthReport(
-            ready=not missing and self._failed is None, failed=self._failed, missing=missing, ranks=statuses
+            ready=not missing and self._failed is None,
+            failed=self._failed,
+            missing=missing,
+            ranks=statuses,
+            draining=self.draining,
         )
         return self.latest
 

@@ -16,8 +16,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..core.errors import EngineUnavailable
 from ..engine.sampling import TokenLogprobs
 from ..engine.scheduler import RequestError
+from .admission import RETRY_AFTER_S, Admission, Draining, QueueFull
 from .chat_output import ChatStreamShaper, ToolMode, shape_message
 from .health import GroupMonitor
 from .metrics import ServerMetrics
@@ -36,17 +38,21 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     kinds = {
         400: "invalid_request_error",
         401: "authentication_error",
         404: "not_found_error",
         413: "invalid_request_error",
+        429: "rate_limit_error",
         503: "service_unavailable",
+        504: "timeout_error",
     }
-    codes = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large"}
+    codes = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large", 429: "queue_full"}
     return JSONResponse(
-        error_body(message, kinds.get(status, "invalid_request_error"), param, codes.get(status)), status
+        error_body(message, kinds.get(status, "invalid_request_error"), param, codes.get(status)), status, headers
     )
 
 
@@ -142,9 +148,12 @@ def create_api_app(
     eos_ids: tuple[int, ...],
     health_generate: Callable[[], Awaitable[None]],
     refresh_metrics: Callable[[], None],
+    admission: Admission,
+    request_timeout_s: float | None = None,
 ) -> FastAPI:
     app = FastAPI(title="tpserve", docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    timeouts = RequestTimeout(request_timeout_s, metrics)
     _health_endpoints(app, monitor, metrics, refresh_metrics)
 
     @app.middleware("http")
@@ -170,6 +179,22 @@ def create_api_app(
     @app.exception_handler(BadRequest)
     async def on_bad_request(_: Request, exc: BadRequest) -> JSONResponse:
         return error_response(400, str(exc), exc.param)
+
+    @app.exception_handler(QueueFull)
+    async def on_queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return error_response(429, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(Draining)
+    async def on_draining(_: Request, exc: Draining) -> JSONResponse:
+        return error_response(503, str(exc))
+
+    @app.exception_handler(TimeoutError)
+    async def on_timeout(_: Request, exc: TimeoutError) -> JSONResponse:
+        return error_response(504, str(exc) or f"the request ran past --request-timeout ({request_timeout_s} s)")
+
+    @app.exception_handler(EngineUnavailable)
+    async def on_engine_unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        return error_response(503, str(exc))
 
     @app.exception_handler(RequestError)
     async def on_engine_refusal(_: Request, exc: RequestError) -> JSONResponse:
@@ -232,14 +257,15 @@ def create_api_app(
         # best_of ranks candidates by their tokens' log-probabilities: ask for them even if unreturned.
         ranking_logprobs = body.logprobs if body.logprobs is not None or candidates == body.n else 0
         choices = s.make_choices(body, prompts, body.max_tokens, ranking_logprobs, per_prompt=candidates)
+        admission.admit(len(choices))
         request_id = new_id("cmpl")
         created = int(time.time())
         base = {"id": request_id, "object": "text_completion", "created": created, "model": s.model_name}
         if body.stream:
             report = UsageReport.of(body.stream_options)
             chunks = _completion_chunks(s, request_id, base, prompts, choices, report, eos_ids, body.echo)
-            return _stream(chunks, request)
-        await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
+            return _stream(chunks, timeouts)
+        await _collect_unless_disconnected(s, request_id, choices, eos_ids, request, timeouts)
         returned = best_choices(choices, candidates, body.n) if candidates > body.n else choices
         return JSONResponse(
             base
@@ -257,13 +283,14 @@ def create_api_app(
         prompt = await s.chat_prompt(body)
         top = (body.top_logprobs or 0) if body.logprobs else None
         choices = s.make_choices(body, [prompt], body.token_limit, top)
+        admission.admit(len(choices))
         request_id = new_id("chatcmpl")
         base = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": s.model_name}
         if body.stream:
             report = UsageReport.of(body.stream_options)
             shapers = {c.index: ChatStreamShaper(s.parsers.think, tools) for c in choices}
-            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, shapers, report, eos_ids), request)
-        await _collect_unless_disconnected(s, request_id, choices, eos_ids, request)
+            return _stream(_chat_chunks(s, request_id, base, [prompt], choices, shapers, report, eos_ids), timeouts)
+        await _collect_unless_disconnected(s, request_id, choices, eos_ids, request, timeouts)
         return JSONResponse(
             base
             | {
@@ -279,14 +306,39 @@ class _NotReady(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class RequestTimeout:
+    """--request-timeout: a request still running after this long is aborted (504, or an error
+    event once a stream has started)."""
+
+    seconds: float | None
+    metrics: ServerMetrics
+
+    def message(self) -> str:
+        return f"the request ran past --request-timeout ({self.seconds:g} s) and was aborted"
+
+    def expired(self) -> TimeoutError:
+        self.metrics.timed_out.inc()
+        return TimeoutError(self.message())
+
+
 async def _collect_unless_disconnected(
-    s: OpenAIServing, request_id: str, choices: list[ChoiceState], eos_ids: tuple[int, ...], request: Request
+    s: OpenAIServing,
+    request_id: str,
+    choices: list[ChoiceState],
+    eos_ids: tuple[int, ...],
+    request: Request,
+    timeouts: RequestTimeout,
 ) -> None:
     """Run every choice to the end; if the client goes away first, abort them (freeing pages)."""
 
     async def run() -> None:
-        async for _ in s.merged(request_id, choices, eos_ids):
-            pass
+        try:
+            async with asyncio.timeout(timeouts.seconds):
+                async for _ in s.merged(request_id, choices, eos_ids):
+                    pass
+        except TimeoutError:
+            raise timeouts.expired() from None
 
     task = asyncio.create_task(run())
     while not task.done():
@@ -298,13 +350,28 @@ async def _collect_unless_disconnected(
     task.result()
 
 
-def _stream(chunks: AsyncIterator[str], request: Request) -> StreamingResponse:
+def _stream(chunks: AsyncIterator[str], timeouts: RequestTimeout) -> StreamingResponse:
     async def guarded() -> AsyncIterator[str]:
+        # The time limit covers waiting for the engine, never a suspended `yield` (which belongs to
+        # the response's send: cancelling that would tear the connection instead of ending the stream).
+        deadline = None if timeouts.seconds is None else asyncio.get_running_loop().time() + timeouts.seconds
         try:
-            async for chunk in chunks:
+            while True:
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
                 yield chunk
+        except TimeoutError:
+            timeouts.expired()
+            yield sse(error_body(timeouts.message(), "timeout_error", code="504"))
         except (RequestError, BadRequest) as exc:
             yield sse(error_body(str(exc), "invalid_request_error"))
+        except EngineUnavailable as exc:  # after the 200: the error travels as an event
+            yield sse(error_body(str(exc), "service_unavailable", code="503"))
+        except QueueFull as exc:
+            yield sse(error_body(str(exc), "rate_limit_error", code="429"))
         yield sse("[DONE]")
 
     return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

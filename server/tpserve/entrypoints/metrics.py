@@ -42,6 +42,13 @@ class ServerMetrics:
             "Share of KV pages in use, cached-but-evictable prefix pages counted as used (0-1)",
             registry=r,
         )
+        self.rejected = Counter(
+            "tpserve_requests_rejected",
+            "Generation requests refused before queueing, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.timed_out = Counter("tpserve_requests_timed_out", "Requests ended by --request-timeout", registry=r)
         self.engine_totals = EngineTotals()
         r.register(self.engine_totals)
 

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from ..distributed.status_board import GroupWatcher, connect_store
 from ..engine.launcher import LocalRanks, with_rendezvous_port
 from ..engine.sampling import SamplingParams
+from .admission import Admission
 from .cli import ServerArgs
 from .engine_client import AsyncEngine
 from .health import GroupMonitor
@@ -31,6 +34,25 @@ log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL_S = 0.5  # also how stale /health may be
 FAILURE_GRACE_S = 2.0  # keep answering 503 briefly so probes and clients see why
+FLUSH_S = 0.5  # after the drain: let the last responses reach their clients
+# Nodes k > 0 stop when node 0 has stopped the group; this long past the drain they stop anyway.
+WORKER_DRAIN_MARGIN_S = 10.0
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM/SIGINT starts the node's drain instead of closing at once;
+    a second one stops at once."""
+
+    def __init__(self, config: uvicorn.Config, start_drain: Callable[[], bool]) -> None:
+        super().__init__(config)
+        self._start_drain = start_drain
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self._draining and self._start_drain():
+            self._draining = True
+            return
+        super().handle_exit(sig, frame)
 
 
 class NodeServer:
@@ -48,6 +70,9 @@ class NodeServer:
         self.serving: OpenAIServing | None = None
         self.exit_code = 0
         self._server: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self.admission = Admission(args.max_queued_requests, self._waiting, self.metrics.rejected)
 
     # -- entry -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -59,10 +84,16 @@ class NodeServer:
             watched = sorted({0, *self.ranks.ranks})
         self.monitor = GroupMonitor(self.ranks, self.config.tp, watched)
         app = self._build_app()
-        self._server = uvicorn.Server(
+        self._server = _DrainingServer(
             uvicorn.Config(
-                app, host=self.args.host, port=self.args.port, log_level=self.args.log_level, access_log=False
-            )
+                app,
+                host=self.args.host,
+                port=self.args.port,
+                log_level=self.args.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=5,  # the drain already waited for in-flight requests
+            ),
+            self._signal_drain,
         )
         log.info(
             "node %d: starting ranks %s; HTTP on %s:%d",
@@ -101,6 +132,8 @@ class NodeServer:
                 self.args.model.eos_token_ids,
                 self._one_token_generation,
                 self._refresh_metrics,
+                self.admission,
+                self.args.request_timeout_s,
             )
         else:
             app = create_worker_app(self.monitor, self.metrics)
@@ -110,6 +143,7 @@ class NodeServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self._watch())]
         if self.config.node_rank == 0:
             tasks.append(asyncio.create_task(self._start_engine()))
@@ -126,12 +160,53 @@ class NodeServer:
             await asyncio.to_thread(self._stop_ranks)
             log.info("node %d: ranks stopped", self.config.node_rank)
 
+    # -- drain on SIGTERM ----------------------------------------------------------------------
+    def _waiting(self) -> int:
+        return self.engine.waiting if self.engine is not None else 0
+
+    def _signal_drain(self) -> bool:
+        """From the signal handler: start the drain on the loop; False if there is nothing to drain yet."""
+        if self._loop is None or self._loop.is_closed():
+            return False
+        self._loop.call_soon_threadsafe(lambda: self._background(self._drain()))
+        return True
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        """Unready at once (the Service stops routing here), refuse new work, let in-flight requests
+        finish for up to --shutdown-timeout, then stop. Node 0 stopping its ranks stops the group;
+        other nodes wait for that, so no rank leaves while node 0 still serves."""
+        assert self.monitor is not None and self._server is not None
+        timeout = self.args.shutdown_timeout_s
+        self.monitor.start_draining()
+        self.admission.draining = True
+        engine = self.engine
+        log.info("node %d: draining (up to %.0fs)", self.config.node_rank, timeout)
+        if self.config.node_rank == 0:
+            deadline = time.monotonic() + timeout
+            while engine is not None and engine.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if engine is not None and engine.in_flight:
+                log.warning("drain: %d requests still running after %.0fs; ending them", engine.in_flight, timeout)
+                engine.end_all(f"the server shut down before the request finished (--shutdown-timeout {timeout:g} s)")
+            await asyncio.sleep(FLUSH_S)
+        else:
+            deadline = time.monotonic() + timeout + WORKER_DRAIN_MARGIN_S
+            while not self.monitor.failed and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        log.info("node %d: drained", self.config.node_rank)
+        self._server.should_exit = True
+
     # -- node 0 ----------------------------------------------------------------------------------
     async def _start_engine(self) -> None:
         assert self.ranks is not None and self.monitor is not None and self.ranks.store is not None
         self.monitor.watcher = GroupWatcher(self.ranks.store, self.config.tp)
         tokenizer = await asyncio.to_thread(self.config.load_tokenizer)
-        self.engine = AsyncEngine(self.ranks, asyncio.get_running_loop())
+        self.engine = AsyncEngine(self.ranks, asyncio.get_running_loop(), self.admission)
         while self.engine.info is None:
             if self.monitor.failed:
                 return
@@ -184,8 +259,13 @@ class NodeServer:
             self._refresh_metrics()
             if self.engine is not None and self.engine.failure:
                 self.monitor.fail(self.engine.failure)
+            if (report.failed or self.monitor.failed) and self.monitor.draining:
+                log.info("group stopped while draining: %s", self.monitor.failed)
+                return  # the drain ends the process
             if report.failed or self.monitor.failed:
                 log.error("group failed: %s; exiting", self.monitor.failed)
+                if self.engine is not None:
+                    self.engine.fail_all(str(self.monitor.failed))
                 self.exit_code = 1
                 await asyncio.sleep(FAILURE_GRACE_S)
                 self._server.should_exit = True
