@@ -11,6 +11,9 @@ import torch
 STRUCTURED_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf")
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a seed travels to the ranks as an int64
+
+
 @dataclass(frozen=True)
 class StructuredOutput:
     """What a constrained output must be (engine/grammar.py compiles it)."""
@@ -50,6 +53,8 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
+        if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX:
+            raise ValueError(f"seed must be a 64-bit signed integer, got {self.seed}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0:

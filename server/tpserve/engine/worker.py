@@ -222,12 +222,13 @@ class LeaderLoop:
                 self._report([aborted])
 
     def _add(self, message: AddRequest, grammar: GrammarState | None) -> None:
-        rng = self.sampler.new_request_rng(message.params.seed) if message.params.seed is not None else None
-        seq = Sequence(message.request_id, list(message.prompt_ids), len(message.prompt_ids), message.params, rng)
-        seq.grammar = grammar
+        # Whatever one request carries, it may be refused, never take the group down with it.
         try:
+            rng = self.sampler.new_request_rng(message.params.seed) if message.params.seed is not None else None
+            seq = Sequence(message.request_id, list(message.prompt_ids), len(message.prompt_ids), message.params, rng)
+            seq.grammar = grammar
             self.scheduler.add(seq)
-        except RequestError as exc:
+        except (RequestError, ValueError, TypeError, OverflowError, RuntimeError) as exc:
             self.outbox.put(RequestRejected(message.request_id, str(exc)))
 
     def _admit_compiled(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,9 +24,11 @@ from .chat_output import ChatStreamShaper, ToolMode, shape_message
 from .health import GroupMonitor
 from .metrics import ServerMetrics
 from .openai_protocol import (
+    ERROR_STATUSES,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    ErrorResponse,
     StreamOptions,
     TokenizeRequest,
     error_body,
@@ -36,6 +38,10 @@ from .openai_serving import BadRequest, ChoiceState, OpenAIServing, best_choices
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# Generation endpoints answer JSON, or server-sent events with "stream": true.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The completion", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
 
 
 def error_response(
@@ -122,12 +128,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _health_endpoints(app: FastAPI, monitor: GroupMonitor, metrics: ServerMetrics, refresh: Callable[[], None]) -> None:
-    @app.get("/health")
+    @app.get(
+        "/health",
+        responses={
+            503: {"description": "Not ready: the report says what readiness waits for, or why the group failed"}
+        },
+    )
     async def health() -> JSONResponse:
         report = monitor.latest  # refreshed every MONITOR_INTERVAL_S by the node's watch loop
         return JSONResponse(report.body(), 200 if report.ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         refresh()
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -151,7 +162,10 @@ def create_api_app(
     admission: Admission,
     request_timeout_s: float | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="tpserve", docs_url=None, redoc_url=None)
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse, "description": text} for status, text in ERROR_STATUSES.items()
+    }
+    app = FastAPI(title="tpserve", docs_url=None, redoc_url=None, responses=errors)
     install_error_handlers(app)
     timeouts = RequestTimeout(request_timeout_s, metrics)
     _health_endpoints(app, monitor, metrics, refresh_metrics)
@@ -248,7 +262,7 @@ def create_api_app(
             }
         )
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         s = serving()
         s.check_model(body.model)
@@ -275,7 +289,7 @@ def create_api_app(
             }
         )
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=STREAMED)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         s = serving()
         s.check_model(body.model)

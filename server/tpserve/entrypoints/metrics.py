@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -49,8 +49,12 @@ class ServerMetrics:
             registry=r,
         )
         self.timed_out = Counter("tpserve_requests_timed_out", "Requests ended by --request-timeout", registry=r)
+        self.loop_tasks = Gauge(
+            "tpserve_event_loop_tasks", "asyncio tasks of the HTTP server (leak detector)", registry=r
+        )
         self.engine_totals = EngineTotals()
         r.register(self.engine_totals)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU time
 
         self._num_pages = 0
 

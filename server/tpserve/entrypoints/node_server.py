@@ -245,6 +245,7 @@ class NodeServer:
     def _refresh_metrics(self) -> None:
         assert self.monitor is not None
         self.metrics.ranks_ready.set(self.monitor.ranks_ready)
+        self.metrics.loop_tasks.set(len(asyncio.all_tasks()))
         if self.engine is not None:
             load = self.engine.load
             self.metrics.running.set(load.running)

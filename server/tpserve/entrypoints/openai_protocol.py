@@ -53,7 +53,7 @@ class SamplingFields(StrictModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     top_k: Annotated[int, Field(ge=-1)] = -1
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     ignore_eos: bool = False
@@ -279,6 +279,7 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False  # render the last (assistant) message open, to continue it
     chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": false} for Qwen3
+    chat_template: str | None = None  # vLLM's: a Jinja template used instead of the model's
 
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:
@@ -346,7 +347,7 @@ class TokenizeRequest(StrictModel):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
@@ -360,6 +361,30 @@ class TokenizeRequest(StrictModel):
 class DetokenizeRequest(StrictModel):
     model: str | None = None
     tokens: list[Annotated[int, Field(ge=0)]]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers, in OpenAI's shape (documented in /openapi.json)."""
+
+    error: ErrorDetail
+
+
+ERROR_STATUSES = {
+    400: "The request is invalid; the message names the field",
+    401: "Missing or wrong API key",
+    404: "Unknown model or path",
+    413: "Request body too large",
+    429: "The waiting queue is full; retry after Retry-After seconds",
+    503: "The group is not ready, has failed, or is draining",
+    504: "The request ran past --request-timeout",
+}
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

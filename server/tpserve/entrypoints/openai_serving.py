@@ -34,6 +34,11 @@ from .tool_calls import TOOL_CALL_PARSERS, detect_tool_call_parser, tool_call_pa
 log = logging.getLogger(__name__)
 
 
+def choice_seed(seed: int, choice: int) -> int:
+    """Choice i of a seeded request samples with seed + i, wrapped into the int64 range seeds travel in."""
+    return (seed + choice + 2**63) % 2**64 - 2**63
+
+
 class BadRequest(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -125,18 +130,23 @@ class OpenAIServing:
     async def tokenize(self, request: TokenizeRequest) -> list[int]:
         if request.messages is not None:
             messages = [m.for_template() for m in request.messages]
-
-            def render() -> list[int]:
-                text = self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=request.add_generation_prompt
-                )
-                return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-            return await asyncio.to_thread(render)
+            return await self._render_chat(messages, add_generation_prompt=request.add_generation_prompt)
         text = request.prompt or ""
         return await asyncio.to_thread(
             lambda: list(self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens))
         )
+
+    async def _render_chat(self, messages: list[dict[str, Any]], **template_args: Any) -> list[int]:
+        """The conversation's prompt tokens; a template that refuses it is the request's error (400)."""
+
+        def render() -> list[int]:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, **template_args)
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+        try:
+            return await asyncio.to_thread(render)
+        except Exception as exc:  # a template that rejects the conversation (e.g. role order)
+            raise BadRequest(f"messages could not be rendered with the chat template: {exc}", "messages") from exc
 
     def tool_mode(self, request: ChatCompletionRequest) -> ToolMode | None:
         """How this request's answer calls tools (None: it does not)."""
@@ -160,22 +170,15 @@ class OpenAIServing:
         messages = [m.for_template() for m in request.messages]
         # Templates that take tools render them into the prompt (as vLLM does, also for "none").
         tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
-
-        def render() -> list[int]:
-            text = self.tokenizer.apply_chat_template(
-                messages,
-                tools=tools,
-                tokenize=False,
-                add_generation_prompt=request.add_generation_prompt,
-                continue_final_message=request.continue_final_message,
-                **(request.chat_template_kwargs or {}),
-            )
-            return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-        try:
-            return await asyncio.to_thread(render)
-        except Exception as exc:  # a template that rejects the conversation (e.g. role order)
-            raise BadRequest(f"messages could not be rendered with the chat template: {exc}", "messages") from exc
+        # The request's own template variables may not override the ones it sets through fields.
+        template_args = (request.chat_template_kwargs or {}) | {
+            "tools": tools,
+            "add_generation_prompt": request.add_generation_prompt,
+            "continue_final_message": request.continue_final_message,
+        }
+        if request.chat_template is not None:
+            template_args["chat_template"] = request.chat_template
+        return await self._render_chat(messages, **template_args)
 
     def sampling_params(
         self, request: SamplingFields, prompt_len: int, max_tokens: int | None, logprobs: int | None, choice: int
@@ -201,7 +204,7 @@ class OpenAIServing:
             temperature=request.temperature,
             top_p=request.top_p,
             top_k=request.top_k,
-            seed=None if request.seed is None else request.seed + choice,
+            seed=None if request.seed is None else choice_seed(request.seed, choice),
             stop_token_ids=tuple(request.stop_token_ids or ()),
             ignore_eos=request.ignore_eos,
             logprobs=logprobs,
