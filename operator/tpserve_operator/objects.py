@@ -35,6 +35,20 @@ LABEL_SPEC_HASH = "tpserve.io/spec-hash"
 LABEL_INSTANCE = "tpserve.io/instance"  # one value per TPInferenceService, across namespaces
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 SHUTDOWN_MARGIN_S = 5  # of terminationGracePeriodSeconds, for stopping the ranks after the drain
+PRE_STOP_MAX_S = 5  # a stopping leader keeps serving this long: the Service stops routing to it first
+
+
+def pre_stop_s(spec: ServiceSpec) -> int:
+    """Seconds a stopping leader keeps admitting requests before SIGTERM starts its drain: the
+    endpoint controller and every proxy must have stopped routing to it, or a request sent in
+    that window would meet a refusing server."""
+    return min(PRE_STOP_MAX_S, spec.termination_grace_period_s // 3)
+
+
+def shutdown_timeout_s(spec: ServiceSpec) -> int:
+    """The server's --shutdown-timeout: the grace period, less the pre-stop wait and the ranks' stop."""
+    return max(0, spec.termination_grace_period_s - pre_stop_s(spec) - SHUTDOWN_MARGIN_S)
+
 
 Obj = dict[str, Any]
 
@@ -119,7 +133,7 @@ def server_args(spec: ServiceSpec, node_rank: str, dist_init_addr: str) -> list[
         spec.device,
         # The drain must end before the kubelet's SIGKILL: leave the ranks time to stop after it.
         "--shutdown-timeout",
-        str(max(0, spec.termination_grace_period_s - SHUTDOWN_MARGIN_S)),
+        str(shutdown_timeout_s(spec)),
     ]
     if spec.served_name:
         args += ["--served-model-name", spec.served_name]
@@ -146,7 +160,7 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
     ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
     if leader:
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
-    return {
+    container: Obj = {
         "name": "server",
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
@@ -162,6 +176,9 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
         "readinessProbe": _probe(spec, period=5, failures=1),
         "livenessProbe": _probe(spec, period=10, failures=3),
     }
+    if leader and pre_stop_s(spec) > 0:
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": pre_stop_s(spec)}}}
+    return container
 
 
 def instance_id(spec: ServiceSpec) -> str:

@@ -7,7 +7,9 @@ as tmpfs; the projected service-account token volume as an empty tmpfs, since th
 calls the API), expands $(VAR) references from the container env (downward API included), runs the
 container command as written, runs the startup/readiness/liveness probes as written, restarts the
 container when it exits or fails liveness, and writes pod status (phase, conditions with readiness
-gates, restartCount, podIP) back to the API. Deleted pods have their processes stopped.
+gates, restartCount, podIP) back to the API. A deleted pod is stopped as the kubelet does it, in
+the background: its preStop sleep while it keeps serving, then SIGTERM, SIGKILL once its grace
+period is over; only then is its deletion confirmed and its network removed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from .network import Bridge, PodNetwork
 
 Obj = dict[str, Any]
 RESTART_BACKOFF_S = 1.0  # the real kubelet starts at 10 s; tests do not need to wait that long
-STOP_GRACE_S = 5.0
+RESTART_GRACE_S = 5.0  # a container restarted in place (it exited, or failed liveness)
+DEFAULT_GRACE_S = 30.0
 
 
 @dataclass
@@ -82,6 +85,7 @@ class ProcessKubelet:
         self.core = client.CoreV1Api()
         self.node = Node(namespace)
         self.pods: dict[str, PodRuntime] = {}
+        self.terminating: dict[str, threading.Thread] = {}  # uid -> the thread stopping that pod
         self.created_mount_points: list[Path] = []
         self._lock = threading.Lock()
 
@@ -91,8 +95,10 @@ class ProcessKubelet:
             listed = {p["metadata"]["uid"]: p for p in self.node.pods()}
             for uid in [u for u in self.pods if u not in listed or listed[u]["metadata"].get("deletionTimestamp")]:
                 self._remove(uid)
-            for pod in listed.values():
-                if pod["metadata"].get("deletionTimestamp"):
+            for uid, pod in listed.items():
+                stopping = self.terminating.get(uid)
+                if pod["metadata"].get("deletionTimestamp") and (stopping is None or not stopping.is_alive()):
+                    self.terminating.pop(uid, None)
                     self.node.confirm_deletion(pod)  # its processes are stopped
             for uid, pod in listed.items():
                 if uid not in self.pods and not pod["metadata"].get("deletionTimestamp"):
@@ -121,10 +127,23 @@ class ProcessKubelet:
         self.pods[runtime.uid] = runtime
         self._start(runtime)
 
-    def _remove(self, uid: str) -> None:
+    def _remove(self, uid: str, pre_stop: bool = True) -> None:
         runtime = self.pods.pop(uid)
-        self._stop(runtime)
-        self.bridge.remove_pod(uid)
+        thread = threading.Thread(
+            target=self._terminate, args=(runtime, pre_stop), name=f"stop-{runtime.name}", daemon=True
+        )
+        self.terminating[uid] = thread
+        thread.start()
+
+    def _terminate(self, runtime: PodRuntime, pre_stop: bool) -> None:
+        grace = float(runtime.pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_S))
+        sleep = ((runtime.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep")
+        started = time.monotonic()
+        if pre_stop and sleep and runtime.process is not None and runtime.process.poll() is None:
+            time.sleep(min(grace, sleep["seconds"]))  # still serving: the Service has stopped routing here
+        self._stop(runtime, max(0.0, grace - (time.monotonic() - started)))
+        with self._lock:
+            self.bridge.remove_pod(runtime.uid)
 
     # -- containers ------------------------------------------------------------------------------
     def _env(self, runtime: PodRuntime) -> dict[str, str]:
@@ -204,20 +223,23 @@ class ProcessKubelet:
         log.close()
         runtime.reset_probes()
 
-    def _stop(self, runtime: PodRuntime) -> None:
+    def _stop(self, runtime: PodRuntime, grace_s: float) -> None:
         process = runtime.process
         if process is None or process.poll() is not None:
             return
         try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=STOP_GRACE_S)
+            # The container's first process gets SIGTERM, as in a container; SIGKILL takes them all.
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=grace_s)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # a container ends with its first process
+            os.killpg(process.pid, signal.SIGKILL)
 
     def _restart_later(self, runtime: PodRuntime, why: str) -> None:
-        self._stop(runtime)
+        self._stop(runtime, RESTART_GRACE_S)
         runtime.restart_count += 1
         runtime.ready = runtime.started = False
         runtime.restart_at = time.monotonic() + RESTART_BACKOFF_S
@@ -345,6 +367,9 @@ class ProcessKubelet:
     def cleanup(self) -> None:
         with self._lock:
             for uid in list(self.pods):
-                self._remove(uid)
+                self._remove(uid, pre_stop=False)  # the test is over: nobody is routed here
+            stopping = list(self.terminating.values())
+        for thread in stopping:
+            thread.join(DEFAULT_GRACE_S + 10)
             for path in reversed(self.created_mount_points):
                 subprocess.run(["rmdir", str(path)], capture_output=True)

@@ -38,12 +38,14 @@ class Bridge:
         self._hosts = iter(self.network.hosts())
         self.gateway = str(next(self._hosts))
         self.pods: dict[str, PodNetwork] = {}
+        self._added = 0  # names are never reused: a stopping pod may still hold its namespace
         run("ip", "link", "add", self.name, "type", "bridge")
         run("ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.name)
         run("ip", "link", "set", self.name, "up")
 
     def add_pod(self, pod_key: str, hostnames: list[str]) -> PodNetwork:
-        index = len(self.pods) + 1
+        self._added += 1
+        index = self._added
         netns = f"tps{self.suffix}p{index}"
         veth = f"vt{self.suffix}p{index}"
         ip = str(next(self._hosts))

@@ -9,6 +9,8 @@ and writes pod status back. Nothing here reaches beyond loopback and these names
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,19 +37,21 @@ pytestmark = pytest.mark.skipif(shutil.which("ip") is None, reason="needs iprout
 
 
 class E2ECluster:
-    def __init__(self, cluster: OperatorCluster, kubelet: ProcessKubelet) -> None:
+    def __init__(self, cluster: OperatorCluster, kubelet: ProcessKubelet, kubelet_errors: list[BaseException]) -> None:
         self.cluster = cluster
         self.kubelet = kubelet
+        self.kubelet_errors = kubelet_errors
 
     def service_endpoints(self, name: str) -> list[str]:
-        """What the Service `name` routes to: Ready pods matching its selector."""
+        """What the Service `name` routes to: Ready pods matching its selector that are not
+        terminating (the EndpointSlice controller marks those not ready at once)."""
         service = raw(self.cluster.core.read_namespaced_service, name, self.cluster.namespace)
         selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
         port = service["spec"]["ports"][0]["port"]
         endpoints = []
         for pod in self.cluster.pods(selector):
             conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
-            if conditions.get("Ready") == "True":
+            if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
                 endpoints.append(f"http://{pod['status']['podIP']}:{port}")
         return sorted(endpoints)
 
@@ -79,9 +83,10 @@ def e2e(namespace: str, operator_install: OperatorInstall, tmp_path: Path, tiny_
         stack.callback(bridge.cleanup)
         kubelet = ProcessKubelet(namespace, bridge, tmp_path)
         stack.callback(kubelet.cleanup)
-        stack.enter_context(ControllerLoop(kubelet, interval_s=0.2))
+        loop = stack.enter_context(ControllerLoop(kubelet, interval_s=0.2))
         stack.enter_context(cluster.operator())
-        yield E2ECluster(cluster, kubelet)
+        yield E2ECluster(cluster, kubelet, loop.errors)
+    assert not loop.errors, f"the process kubelet failed: {loop.errors[:3]}"
     assert not cluster.forbidden_calls(), "\n".join(cluster.forbidden_calls()[:5])
 
 
@@ -154,34 +159,76 @@ def test_group_forms_serves_and_survives_a_killed_worker(e2e: E2ECluster, tiny_c
     assert e2e.chat(endpoint) == offline_answer
 
 
-def test_engine_change_rolls_the_group(e2e: E2ECluster, tiny_checkpoint, offline_answer: str) -> None:
-    e2e.cluster.create(tiny_service(tiny_checkpoint("llama")))
-    wait_ready(e2e, "tiny")
-    old_leader = e2e.kubelet.runtime("tiny-leader-0").uid
-    e2e.cluster.patch_spec("tiny", {"engine": {"maxPrefillLength": 64}})
-    poll_until(
-        lambda: (r := e2e.kubelet.find("tiny-leader-0")) is not None and r.uid != old_leader,
-        60,
-        interval_s=0.5,
-        what="leader replaced",
-    )
-    wait_ready(e2e, "tiny")
-    for pod in ("tiny-leader-0", "tiny-worker-0-1"):
-        argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]
-        assert argv[argv.index("--max-prefill-length") + 1] == "64"
-    [endpoint] = e2e.routed_endpoints("tiny", 1)
-    assert e2e.chat(endpoint) == offline_answer
+class ServiceClient:
+    """Chats through the Service in a loop (one request at a time, round robin over its endpoints),
+    recording every request that did not get a full answer."""
+
+    def __init__(self, e2e: E2ECluster, name: str, expected: str) -> None:
+        self.e2e, self.name, self.expected = e2e, name, expected
+        self.answered = 0
+        self.failures: list[str] = []
+        self.no_endpoint = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ServiceClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        turn = 0
+        while not self._stop.is_set():
+            endpoints = self.e2e.service_endpoints(self.name)
+            if not endpoints:
+                self.no_endpoint += 1
+                time.sleep(0.2)
+                continue
+            url = endpoints[turn % len(endpoints)]
+            turn += 1
+            try:
+                answer = self.e2e.chat(url)
+            except openai.APIError as exc:
+                self.failures.append(f"{url}: {type(exc).__name__}: {exc}")
+                continue
+            if answer == self.expected:
+                self.answered += 1
+            else:
+                self.failures.append(f"{url}: answered {answer!r}")
 
 
-def test_two_replicas_are_two_independent_groups(e2e: E2ECluster, tiny_checkpoint, offline_answer: str) -> None:
+def test_engine_change_rolls_each_group_without_dropping_a_request(
+    e2e: E2ECluster, tiny_checkpoint, offline_answer: str
+) -> None:
     e2e.cluster.create(tiny_service(tiny_checkpoint("llama"), replicas=2))
     status = wait_ready(e2e, "tiny", groups=2)
+    # Two independent groups behind the Service, each with its own rendezvous.
     assert [g["leaderPod"] for g in status["groups"]] == ["tiny-leader-0", "tiny-leader-1"]
     endpoints = e2e.routed_endpoints("tiny", 2)
     assert [e2e.chat(url) for url in endpoints] == [offline_answer, offline_answer]
-    # Each group has its own rendezvous: the worker of group 1 talks to leader 1.
     worker_args = e2e.kubelet.runtime("tiny-worker-1-1").process.args  # type: ignore[union-attr]
     assert worker_args[worker_args.index("--dist-init-addr") + 1] == "tiny-leader-1.tiny-headless:29500"
+
+    old = {pod: e2e.kubelet.runtime(pod).uid for pod in ("tiny-leader-0", "tiny-leader-1")}
+    with ServiceClient(e2e, "tiny", offline_answer) as through_service:
+        e2e.cluster.patch_spec("tiny", {"engine": {"maxPrefillLength": 64}})
+        poll_until(
+            lambda: all((r := e2e.kubelet.find(pod)) is not None and r.uid != uid for pod, uid in old.items()),
+            240,
+            interval_s=0.5,
+            what="both leaders replaced",
+        )
+        wait_ready(e2e, "tiny", groups=2)
+        e2e.routed_endpoints("tiny", 2)
+    for pod in ("tiny-leader-0", "tiny-worker-0-1", "tiny-leader-1", "tiny-worker-1-1"):
+        argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]
+        assert argv[argv.index("--max-prefill-length") + 1] == "64"
+    assert through_service.failures == [], through_service.failures[:5]
+    assert through_service.no_endpoint == 0, "the Service had no endpoint during the roll"
+    assert through_service.answered > 10, through_service.answered
 
 
 def _get(url: str) -> httpx.Response | None:

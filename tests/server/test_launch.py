@@ -64,7 +64,7 @@ def test_parser_accepts_sglang_names_and_defaults(tiny_checkpoint) -> None:
     assert args.engine.attention_backend == "torch"
 
 
-def test_two_nodes_form_one_group_and_fail_together(tiny_checkpoint, tmp_path: Path) -> None:
+def test_two_nodes_form_one_group(tiny_checkpoint, tmp_path: Path) -> None:
     model = str(tiny_checkpoint("qwen3"))
     rendezvous = f"127.0.0.1:{free_port()}"
     common = [
@@ -107,38 +107,11 @@ def test_two_nodes_form_one_group_and_fail_together(tiny_checkpoint, tmp_path: P
         )
         assert out.usage.completion_tokens == 5
         assert httpx.get(f"{node1.url}/v1/models").status_code == 404, "nodes k > 0 serve health only"
-
-        node1.proc.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        poll_until(lambda: (r := node0.health()) is None or r.status_code == 503, 5, what="leader 503")
-        assert time.monotonic() - killed_at < 5
-        assert node0.wait_exit(30) != 0
+        # How the group fails together (a rank killed or stalled, under load): test_rank_failure.py.
     finally:
         node0.stop()
         if node1 is not None:
             node1.stop()
-
-
-def test_killed_rank_process_fails_the_group(tiny_checkpoint, tmp_path: Path) -> None:
-    """kill -9 of one rank process (not its launcher): the leader reports 503 and exits non-zero."""
-    server = ServerProcess(
-        ["--model", str(tiny_checkpoint("mistral")), "--tp", "2", "--device", "cpu"], tmp_path / "s.log"
-    )
-    try:
-        server.wait_healthy()
-        children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
-        # Spawned ranks run `spawn_main`; the resource tracker (also a child) does not.
-        ranks = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-        assert len(ranks) == 2
-        assert ranks, "rank processes not found"
-        subprocess.run(["kill", "-9", ranks[-1]], check=True)
-        killed_at = time.monotonic()
-        response = poll_until(lambda: (r := server.health()) is not None and r.status_code == 503 and r, 5, what="503")
-        assert response.json()["failed"]
-        assert time.monotonic() - killed_at < 5
-        assert server.wait_exit(30) != 0
-    finally:
-        server.stop()
 
 
 def test_sigterm_stops_the_ranks_before_the_server_exits(tiny_checkpoint, tmp_path: Path) -> None:

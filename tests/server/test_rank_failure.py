@@ -94,6 +94,7 @@ def test_rank_failure_under_load(tiny_checkpoint, tmp_path: Path, victim: str, s
 
         faulted_at, ended = asyncio.run(scenario())
         slowest = max(ended) - faulted_at
+        print(f"{victim} {sig.name}: every stream ended within {slowest:.2f}s of the fault")
         assert slowest < ANSWERED_WITHIN_S, f"a client waited {slowest:.1f}s after the fault"
 
         def failed_naming_rank() -> bool:
@@ -102,6 +103,7 @@ def test_rank_failure_under_load(tiny_checkpoint, tmp_path: Path, victim: str, s
 
         poll_until(failed_naming_rank, max(0.1, ANSWERED_WITHIN_S - (time.monotonic() - faulted_at)), what=named)
         poll_until(lambda: not any(alive(pid) for pid in group), EXITED_WITHIN_S, what="every process of the group")
+        print(f"{victim} {sig.name}: every process of the group gone {time.monotonic() - faulted_at:.1f}s after it")
         assert node0.proc.returncode != 0 and node1.proc.returncode != 0
     finally:
         for pid in ranks.get(victim, []) if "ranks" in locals() else []:
