@@ -18,7 +18,9 @@ from tpserve.testing.health import ServerNotHealthy, wait_healthy
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, port: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self._log = open(log_path, "wb")
@@ -26,7 +28,7 @@ class ServerProcess:
             [sys.executable, "-m", "tpserve", *args, "--port", str(self.port), "--host", "127.0.0.1"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            env=(os.environ if env is None else env) | {"PYTHONUNBUFFERED": "1"},
         )
 
     @property

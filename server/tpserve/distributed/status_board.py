@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from enum import Enum
 # torch.distributed re-exports TCPStore without declaring it; the typed home is torch._C.
 from torch._C._distributed_c10d import TCPStore
 
+log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TIMEOUT_S = 3.0
 _RANK_KEY = "tpserve/rank/{}"
@@ -41,6 +43,27 @@ def host_store(host_port: str, timeout_s: float) -> TCPStore:
 def connect_store(host_port: str, timeout_s: float) -> TCPStore:
     host, port = split_host_port(host_port)
     return TCPStore(host, port, None, False, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+MODEL_COMMIT_KEY = "tpserve/model_commit"
+
+
+def publish_model_commit(store: TCPStore, commit: str) -> None:
+    """Node 0: the hub commit every node must load (see models.hub)."""
+    store.set(MODEL_COMMIT_KEY, commit)
+
+
+def wait_model_commit(host_port: str, log_every_s: float = 30.0) -> str:
+    """Nodes k > 0: the commit node 0 resolved. Node 0 publishes it once its own download is done
+    (it hosts the store only then), which may take long for a large model: wait as long as it takes."""
+    waited = 0.0
+    while True:
+        try:
+            store = connect_store(host_port, log_every_s)
+            return bytes(store.get(MODEL_COMMIT_KEY)).decode()
+        except (RuntimeError, TimeoutError):  # not up yet, or no commit yet
+            waited += log_every_s
+            log.info("waiting for node 0 (%s) to resolve the model: %.0fs so far", host_port, waited)
 
 
 def split_host_port(host_port: str) -> tuple[str, int]:

@@ -24,6 +24,7 @@ class EngineConfig:
 
     model_path: str
     tokenizer_path: str | None = None  # another tokenizer than the checkpoint's own
+    model_commit: str | None = None  # a hub model's commit: node 0 publishes it for the other nodes
     tp: int = 1
     nnodes: int = 1
     node_rank: int = 0

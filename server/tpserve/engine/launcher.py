@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..distributed.status_board import host_store
+from ..distributed.status_board import host_store, publish_model_commit
 from .config import EngineConfig
 from .messages import EngineReady, RankFailed, RankReady, Shutdown
 from .worker import rank_main
@@ -45,6 +45,8 @@ class LocalRanks:
         self.config = config
         # Node 0 hosts the status board / rendezvous store before any rank tries to reach it.
         self.store = host_store(config.dist_init_addr, config.dist_timeout) if config.node_rank == 0 else None
+        if self.store is not None and config.model_commit is not None:
+            publish_model_commit(self.store, config.model_commit)
         ctx = mp.get_context("spawn")
         self.status: Any = ctx.Queue()  # rank -> front end: readiness, failures, step outputs
         self.inbox: Any = ctx.Queue() if config.node_rank == 0 else None

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,9 +20,11 @@ import torch
 from ..core.errors import ConfigError
 from ..engine.config import EngineConfig
 from ..models.config import ModelConfig
+from .model_source import resolve_model
 from .reasoning import REASONING_PARSERS
 from .tool_calls import TOOL_CALL_PARSERS
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Generous: a queue this long is minutes of work; the bound is there so memory cannot grow without one.
 DEFAULT_MAX_QUEUED_REQUESTS = 4096
 
@@ -95,7 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="model",
         required=True,
         help="HF-format model directory (config.json, *.safetensors, tokenizer files), a .gguf file, "
-        "or a directory holding one .gguf file",
+        "a directory holding one .gguf file, or a hub id org/name (huggingface_hub; HF_HOME, HF_TOKEN, "
+        "HF_ENDPOINT and HF_HUB_OFFLINE are honoured)",
+    )
+    model.add_argument("--revision", help="hub model: a branch, tag or commit (default: main)")
+    model.add_argument(
+        "--model-source",
+        choices=["huggingface", "modelscope"],
+        default="huggingface",
+        help="where a hub id is downloaded from (modelscope needs the modelscope package)",
     )
     model.add_argument(
         "--tokenizer",
@@ -300,15 +311,20 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
         parser.error("--dist-init-addr is required with --nnodes > 1 (every node must find node 0)")
     if not 0 < ns.port < 65536:
         parser.error(f"--port must be in 1..65535, got {ns.port}")
-    config = engine_config_from(ns)
+    # The server's log format from the first line on: a hub download logs its progress.
+    logging.basicConfig(level=ns.log_level.upper(), format=LOG_FORMAT)
     try:
+        # A hub id becomes a downloaded snapshot before anything reads the model.
+        resolved = resolve_model(ns.model, ns.revision, ns.model_source, ns.node_rank, ns.dist_init_addr or "")
+        config = replace(engine_config_from(ns), model_path=resolved.path, model_commit=resolved.commit)
         model = config.validate()
     except ConfigError as exc:
         parser.exit(2, f"tpserve: error: {exc}\n")
     return ServerArgs(
         engine=config,
         model=model,
-        served_model_name=ns.served_model_name or default_served_name(ns.model),
+        # A hub model is served under its id, as vLLM does.
+        served_model_name=ns.served_model_name or resolved.hub_id or default_served_name(ns.model),
         host=ns.host,
         port=ns.port,
         api_key=ns.api_key,

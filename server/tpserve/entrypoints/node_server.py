@@ -23,7 +23,7 @@ from ..distributed.status_board import GroupWatcher, connect_store
 from ..engine.launcher import LocalRanks, with_rendezvous_port
 from ..engine.sampling import SamplingParams
 from .admission import Admission
-from .cli import ServerArgs
+from .cli import LOG_FORMAT, ServerArgs
 from .engine_client import AsyncEngine
 from .health import GroupMonitor
 from .http_app import create_api_app, create_worker_app
@@ -275,7 +275,7 @@ class NodeServer:
 
 
 def serve(args: ServerArgs) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     return NodeServer(args).run()
 
 
