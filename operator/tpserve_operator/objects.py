@@ -137,7 +137,39 @@ def server_args(spec: ServiceSpec, node_rank: str, dist_init_addr: str) -> list[
     ]
     if spec.served_name:
         args += ["--served-model-name", spec.served_name]
+    if spec.hub is not None and spec.hub.revision:
+        args += ["--revision", spec.hub.revision]
     return args + spec.engine.flags()
+
+
+HUB_CACHE_MOUNT = "/var/cache/tpserve-hub"  # HF_HOME of every server pod of a hub model
+
+
+def hub_env(spec: ServiceSpec) -> list[Obj]:
+    """HF_HOME on the cache volume, and HF_TOKEN from the token Secret."""
+    if spec.hub is None:
+        return []
+    env: list[Obj] = [{"name": "HF_HOME", "value": HUB_CACHE_MOUNT}]
+    if spec.hub.token_secret:
+        secret = {"name": spec.hub.token_secret, "key": spec.hub.token_key}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    return env
+
+
+def download_container(spec: ServiceSpec) -> Obj:
+    """Fetches the hub model into the cache before the server starts (once per cache: a file lock
+    lets one pod download while the others sharing the cache wait, then find it there)."""
+    assert spec.hub is not None
+    args = ["--model", spec.hub.id] + (["--revision", spec.hub.revision] if spec.hub.revision else [])
+    return {
+        "name": "download",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["python3", "-m", "tpserve", "download"],
+        "args": args,
+        "env": hub_env(spec) + [dict(e) for e in spec.env],
+        "volumeMounts": [{"name": "hub-cache", "mountPath": HUB_CACHE_MOUNT}],
+    }
 
 
 def _probe(spec: ServiceSpec, period: int, failures: int) -> Obj:
@@ -157,6 +189,8 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
     mounts: list[Obj] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if spec.model_volume:
         mounts.append({"name": "model", "mountPath": spec.model_mount_path, "readOnly": True})
+    if spec.hub is not None:
+        mounts.append({"name": "hub-cache", "mountPath": HUB_CACHE_MOUNT})
     ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
     if leader:
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
@@ -166,7 +200,7 @@ def _container(spec: ServiceSpec, args: list[str], env: list[Obj], leader: bool)
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["python3", "-m", "tpserve"],
         "args": args,
-        "env": env + [dict(e) for e in spec.env],
+        "env": env + hub_env(spec) + [dict(e) for e in spec.env],
         "ports": ports,
         "resources": resources,
         "volumeMounts": mounts,
@@ -255,6 +289,8 @@ def _pod_template(
     volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}]
     if spec.model_volume:
         volumes.append({"name": "model", **spec.model_volume})
+    if spec.hub is not None:
+        volumes.append({"name": "hub-cache", **(spec.hub.cache or {"emptyDir": {}})})
     pod_spec: Obj = {
         "containers": [container],
         "volumes": volumes,
@@ -278,6 +314,8 @@ def _pod_template(
         "serviceAccountName": spec.service_account_name,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
+    if spec.hub is not None:
+        pod_spec["initContainers"] = [download_container(spec)]
     gang_labels, annotations = gang_metadata(spec, None if leader else group)
     metadata: Obj = {"labels": labels | gang_labels}
     if annotations:

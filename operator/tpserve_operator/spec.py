@@ -6,6 +6,7 @@ and an Event instead of crashing or retrying forever.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ DERIVED_FLAGS = (
     "--served-model-name",
     "--device",
     "--shutdown-timeout",  # from terminationGracePeriodSeconds
+    "--revision",  # from model.hub.revision
 )
 
 
@@ -69,6 +71,20 @@ class EngineSpec:
         return out + list(self.extra_args)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """spec.model.hub: a hub id the pods download into spec.model.cache (mounted as HF_HOME)."""
+
+    id: str
+    revision: str | None = None
+    token_secret: str | None = None
+    token_key: str = "token"
+    cache: dict[str, Any] | None = None  # a volume source; None: an emptyDir per pod
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -81,6 +97,7 @@ class ServiceSpec:
     device: str = "cuda"
     served_name: str | None = None
     model_volume: dict[str, Any] | None = None
+    hub: HubModel | None = None  # then model_path is the hub id
     model_mount_path: str = "/models"
     image_pull_policy: str = "IfNotPresent"
     engine: EngineSpec = EngineSpec()
@@ -122,9 +139,11 @@ class ServiceSpec:
             raise SpecError("nodes", f"must be a power of two, got {nodes}")
         if tp % nodes:
             raise SpecError("tensorParallelSize", f"{tp} is not divisible by nodes {nodes}")
-        model_path = model.get("path")
-        if not isinstance(model_path, str) or not model_path.startswith("/"):
+        hub = _hub_model(model)
+        model_path = hub.id if hub is not None else model.get("path")
+        if hub is None and (not isinstance(model_path, str) or not model_path.startswith("/")):
             raise SpecError("model.path", "must be an absolute path")
+        assert isinstance(model_path, str)
         image = spec.get("image")
         if not isinstance(image, str) or not image:
             raise SpecError("image", "is required")
@@ -158,6 +177,7 @@ class ServiceSpec:
             device=device,
             served_name=model.get("servedName"),
             model_volume=model.get("volume"),
+            hub=hub,
             model_mount_path=model.get("mountPath", "/models"),
             image_pull_policy=spec.get("imagePullPolicy", "IfNotPresent"),
             engine=EngineSpec(
@@ -194,6 +214,26 @@ class ServiceSpec:
             kueue_queue_name=str(_mapping(spec, "gangScheduling").get("kueueQueueName") or ""),
             pod_group_label=str(_mapping(spec, "gangScheduling").get("podGroupLabel") or ""),
         )
+
+
+def _hub_model(model: dict[str, Any]) -> HubModel | None:
+    if ("hub" in model) == ("path" in model):
+        raise SpecError("model", "give exactly one of model.path and model.hub")
+    if "hub" not in model:
+        return None
+    hub = _mapping(model, "hub")
+    repo_id = hub.get("id")
+    if not isinstance(repo_id, str) or not HUB_ID.match(repo_id):
+        raise SpecError("model.hub.id", f"must be a hub id org/name, got {repo_id!r}")
+    secret = _mapping(hub, "tokenSecret")
+    cache = model.get("cache")
+    return HubModel(
+        id=repo_id,
+        revision=hub.get("revision"),
+        token_secret=secret.get("name"),
+        token_key=secret.get("key", "token"),
+        cache=dict(cache) if cache else None,
+    )
 
 
 def _mapping(spec: dict[str, Any], key: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ period is over; only then is its deletion confirmed and its network removed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -146,13 +147,18 @@ class ProcessKubelet:
             self.bridge.remove_pod(runtime.uid)
 
     # -- containers ------------------------------------------------------------------------------
-    def _env(self, runtime: PodRuntime) -> dict[str, str]:
+    def _env(self, runtime: PodRuntime, container: Obj) -> dict[str, str]:
         env: dict[str, str] = {}
-        for item in runtime.container.get("env") or []:
+        for item in container.get("env") or []:
+            source = item.get("valueFrom") or {}
             if "value" in item:
                 env[item["name"]] = str(item["value"])
-            elif "fieldRef" in (item.get("valueFrom") or {}):
-                env[item["name"]] = self._field(runtime.pod, item["valueFrom"]["fieldRef"]["fieldPath"])
+            elif "fieldRef" in source:
+                env[item["name"]] = self._field(runtime.pod, source["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self.core.read_namespaced_secret(ref["name"], self.namespace)
+                env[item["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
         return env
 
     @staticmethod
@@ -166,10 +172,10 @@ class ProcessKubelet:
             return pod["metadata"]["namespace"]
         raise ValueError(f"unsupported fieldRef {path}")
 
-    def _mount_script(self, runtime: PodRuntime) -> list[str]:
+    def _mount_script(self, runtime: PodRuntime, container: Obj) -> list[str]:
         volumes = {v["name"]: v for v in runtime.pod["spec"].get("volumes") or []}
         steps = []
-        for mount in runtime.container.get("volumeMounts") or []:
+        for mount in container.get("volumeMounts") or []:
             volume = volumes[mount["name"]]
             target = Path(mount["mountPath"])
             missing = [p for p in (target, *target.parents) if not p.exists()]
@@ -188,10 +194,11 @@ class ProcessKubelet:
                 raise ValueError(f"volume {mount['name']}: only hostPath, emptyDir and projected are supported here")
         return steps
 
-    def _start(self, runtime: PodRuntime) -> None:
-        env = self._env(runtime)
+    def _command(self, runtime: PodRuntime, container: Obj) -> tuple[list[str], list[str], dict[str, str]]:
+        """(argv as written, the command that runs it in the pod's network namespace, its environment)."""
+        env = self._env(runtime, container)
         expand = lambda text: re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), text)  # noqa: E731
-        argv = [expand(a) for a in runtime.container.get("command", []) + runtime.container.get("args", [])]
+        argv = [expand(a) for a in container.get("command", []) + container.get("args", [])]
         # The "image" is this virtualenv: its python3 comes first on PATH.
         process_env = {
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
@@ -200,20 +207,23 @@ class ProcessKubelet:
             "HF_HUB_OFFLINE": "1",
             **env,
         }
-        setup = [f"hostname {runtime.network.hostnames[0]}", *self._mount_script(runtime), 'exec "$@"']
-        command = [
-            "ip",
-            "netns",
-            "exec",
-            runtime.network.netns,
-            "unshare",
-            "--uts",
-            "sh",
-            "-c",
-            " && ".join(setup),
-            "sh",
-            *argv,
-        ]
+        setup = [f"hostname {runtime.network.hostnames[0]}", *self._mount_script(runtime, container), 'exec "$@"']
+        command = ["ip", "netns", "exec", runtime.network.netns, "unshare", "--uts", "sh", "-c", " && ".join(setup)]
+        return argv, [*command, "sh", *argv], process_env
+
+    def _start(self, runtime: PodRuntime) -> None:
+        # Init containers run to completion first, in order (one failing restarts the pod's start).
+        for init in runtime.pod["spec"].get("initContainers") or []:
+            argv, command, process_env = self._command(runtime, init)
+            with open(runtime.log_path, "ab") as log:
+                log.write(f"\n=== init container {init['name']}: {' '.join(argv)}\n".encode())
+                log.flush()
+                done = subprocess.run(command, env=process_env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+            if done.returncode != 0:
+                runtime.restart_at = time.monotonic() + RESTART_BACKOFF_S
+                runtime.restart_count += 1
+                return
+        argv, command, process_env = self._command(runtime, runtime.container)
         log = open(runtime.log_path, "ab")
         log.write(f"\n=== start (restart {runtime.restart_count}): {' '.join(argv)}\n".encode())
         log.flush()

@@ -23,6 +23,7 @@ import pytest
 from tests.k8s.api import ControllerLoop, raw
 from tests.k8s.operator_install import OperatorInstall
 from tests.operator.cluster import OperatorCluster
+from tests.server.hub_server import HubServer, Repo, files_of
 from tests.server.server_process import poll_until
 from tpserve import LLM, SamplingParams
 
@@ -229,6 +230,38 @@ def test_engine_change_rolls_each_group_without_dropping_a_request(
     assert through_service.failures == [], through_service.failures[:5]
     assert through_service.no_endpoint == 0, "the Service had no endpoint during the roll"
     assert through_service.answered > 10, through_service.answered
+
+
+def test_a_group_serves_a_hub_model_downloaded_once_into_its_cache(
+    e2e: E2ECluster, tiny_checkpoint, offline_answer: str, tmp_path: Path
+) -> None:
+    repo_id = "tpserve-e2e/tiny-llama"
+    with HubServer(host=e2e.kubelet.bridge.gateway) as hub:  # reachable from the pods' namespaces
+        repo = Repo(token="hf_e2e_token")  # gated: the token Secret must reach the pods
+        files = files_of(tiny_checkpoint("llama"))
+        commit = repo.add_commit(files, "main")
+        hub.repos[repo_id] = repo
+        e2e.cluster.core.create_namespaced_secret(
+            e2e.cluster.namespace, {"metadata": {"name": "hf"}, "stringData": {"token": "hf_e2e_token"}}
+        )
+        cache = tmp_path / "hub-cache"
+        cache.mkdir()
+        body = tiny_service(tiny_checkpoint("llama"))
+        body["spec"]["model"] = {
+            "hub": {"id": repo_id, "tokenSecret": {"name": "hf"}},
+            "cache": {"hostPath": {"path": str(cache), "type": "Directory"}},
+            "servedName": "tiny",
+        }
+        body["spec"]["env"] = [{"name": "HF_ENDPOINT", "value": hub.url}, {"name": "HF_HUB_OFFLINE", "value": "0"}]
+        e2e.cluster.create(body)
+        wait_ready(e2e, "tiny")
+        [endpoint] = e2e.routed_endpoints("tiny", 1)
+        assert e2e.chat(endpoint) == offline_answer
+        snapshot = cache / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
+        assert sorted(p.name for p in snapshot.iterdir()) == sorted(files)
+        # Two pods, two init containers and two servers on one cache: every file fetched once.
+        fetched = [r[1].rsplit("/", 1)[1] for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]]
+        assert sorted(fetched) == sorted(files), fetched
 
 
 def _get(url: str) -> httpx.Response | None:

@@ -51,6 +51,10 @@ def test_cel_rules_and_schema_are_enforced_by_the_api_server(
         "apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(relative), check=False
     )
     assert refused.returncode != 0 and "spec.model.path" in refused.stderr
+    both = yaml.safe_load(_service())
+    both["spec"]["model"]["hub"] = {"id": "org/tiny"}
+    refused = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(both), check=False)
+    assert refused.returncode != 0 and "give exactly one of model.path and model.hub" in refused.stderr
     control_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
 
 

@@ -116,6 +116,9 @@ def test_cpu_device_requests_no_gpus_and_engine_switches() -> None:
         ({"engine": {"extraArgs": ["--tp", "4"]}}, "engine.extraArgs"),
         ({"resources": {"limits": {"nvidia.com/gpu": 4}}}, "resources.limits"),
         ({"model": {"path": "relative/dir"}}, "model.path"),
+        ({"model": {"path": "/models/x", "hub": {"id": "org/x"}}}, "model"),
+        ({"model": {"servedName": "x"}}, "model"),
+        ({"model": {"hub": {"id": "not-an-id"}}}, "model.hub.id"),
     ],
 )
 def test_invalid_specs_name_the_field(spec: dict, field: str) -> None:
@@ -142,3 +145,28 @@ def test_placement_adds_to_the_users_affinity_and_is_absent_without_it() -> None
     assert follow["labelSelector"]["matchLabels"]["apps.kubernetes.io/pod-index"] == "0"
     assert len(affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]) == 3
     assert "tpserve.io/instance" in worker["metadata"]["labels"]
+
+
+def test_a_hub_model_is_downloaded_by_an_init_container_into_the_cache() -> None:
+    hub = {"id": "Qwen/Qwen3-32B", "revision": "v1.0", "tokenSecret": {"name": "hf", "key": "tok"}}
+    cache = {"persistentVolumeClaim": {"claimName": "hub-cache"}}
+    objects = build(model={"hub": hub, "cache": cache}, env=[{"name": "HF_ENDPOINT", "value": "http://mirror"}])
+    for name in ("StatefulSet/llama-leader", "StatefulSet/llama-worker-0"):
+        pod = objects[name]["spec"]["template"]["spec"]
+        server = pod["containers"][0]
+        [download] = pod["initContainers"]
+        assert download["command"] == ["python3", "-m", "tpserve", "download"]
+        assert download["args"] == ["--model", "Qwen/Qwen3-32B", "--revision", "v1.0"]
+        assert {"name": "hub-cache", "persistentVolumeClaim": {"claimName": "hub-cache"}} in pod["volumes"]
+        for c in (server, download):
+            env = {e["name"]: e for e in c["env"]}
+            assert env["HF_HOME"]["value"] == "/var/cache/tpserve-hub"
+            assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "tok"}
+            assert env["HF_ENDPOINT"]["value"] == "http://mirror"
+            assert {"name": "hub-cache", "mountPath": "/var/cache/tpserve-hub"} in c["volumeMounts"]
+        ns = build_parser().parse_args(expand(server["args"], {"TPSERVE_POD_NAME": "x", "TPSERVE_NODE_RANK": "1"}))
+        assert (ns.model, ns.revision) == ("Qwen/Qwen3-32B", "v1.0")
+    # Without a cache volume each pod downloads into its own emptyDir; a path model has no init container.
+    pod = build(model={"hub": {"id": "org/m"}})["StatefulSet/llama-leader"]["spec"]["template"]["spec"]
+    assert {"name": "hub-cache", "emptyDir": {}} in pod["volumes"]
+    assert "initContainers" not in build()["StatefulSet/llama-leader"]["spec"]["template"]["spec"]

@@ -42,16 +42,17 @@ def files_of(directory: Path) -> dict[str, bytes]:
 
 
 class HubServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.repos: dict[str, Repo] = {}
         self.cut_next: dict[str, int] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"http://{self.host}:{self._server.server_port}"
 
     def __enter__(self) -> HubServer:
         self._thread.start()

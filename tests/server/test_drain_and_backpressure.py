@@ -81,6 +81,30 @@ def test_sigterm_finishes_every_stream_then_exits(model_dir: Path, tmp_path: Pat
         server.stop()
 
 
+def test_streams_still_running_at_the_shutdown_timeout_end_with_an_error(model_dir: Path, tmp_path: Path) -> None:
+    server = ServerProcess(
+        base(model_dir, "--shutdown-timeout", "0.5", "--max-running-requests", "1"), tmp_path / "s.log"
+    )
+    try:
+        server.wait_healthy()
+
+        async def scenario() -> list[BaseException | tuple[int, str]]:
+            client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
+            first_chunk = asyncio.Semaphore(0)
+            # One runs, three wait behind it: far more work than half a second.
+            streams = [asyncio.create_task(stream_tokens(client, first_chunk)) for _ in range(4)]
+            await asyncio.wait_for(first_chunk.acquire(), 60)
+            server.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*streams, return_exceptions=True)
+
+        results = asyncio.run(scenario())
+        errors = [r for r in results if isinstance(r, openai.APIError)]
+        assert errors and all("shut down before the request finished" in str(e) for e in errors), results
+        assert server.wait_exit(30) == 0, server.log_tail()
+    finally:
+        server.stop()
+
+
 def test_a_full_queue_answers_429_with_retry_after(model_dir: Path, tmp_path: Path) -> None:
     args = base(model_dir, "--max-running-requests", "1", "--max-queued-requests", "2")
     with healthy_server(args, tmp_path / "server.log") as server:

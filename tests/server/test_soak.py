@@ -13,7 +13,7 @@ from tpserve.testing.soak import soak, wait_quiet
 from .server_process import healthy_server
 
 CLIENTS = 256
-SECONDS = 15.0
+SECONDS = 10.0
 TASK_MARGIN = 3  # the health loop and uvicorn's own tasks come and go
 RSS_MARGIN = 1.15  # allocator slack: Python rarely returns freed arenas to the OS
 

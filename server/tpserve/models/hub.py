@@ -2,14 +2,18 @@
 
 Only what serving reads is fetched (config, tokenizer, safetensors and their index); huggingface_hub
 honours HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE=1 (then only the cache is
-read). A revision (branch, tag or commit) is resolved to its commit first, so every node of a group
-can be told to load that very commit: a tag moved mid-start cannot split the group.
+read). Node 0 downloads the user's revision (a branch, tag or commit) and learns its commit from the
+snapshot; the other nodes are told to load that very commit, so a tag moved mid-start cannot split
+the group. One download of a repo runs at a time per cache (a file lock in the cache).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +49,39 @@ def is_hub_id(model: str) -> bool:
     return bool(HUB_ID.match(model)) and not Path(model).exists()
 
 
-def download(repo_id: str, revision: str | None, node: int) -> HubModel:
+def download(repo_id: str, revision: str | None, node: int | None) -> HubModel:
     """The snapshot of `revision` (a branch, tag or commit; default main), downloaded unless the cache
     has it (a partial file resumes where it stopped). Node 0 passes the user's revision and learns
     its commit here; the other nodes pass that commit."""
     import huggingface_hub
 
-    log.info("node %d: fetching %s at %s (config, tokenizer, safetensors)", node, repo_id, revision or "main")
+    who = "download" if node is None else f"node {node}"
+    log.info("%s: fetching %s at %s (config, tokenizer, safetensors)", who, repo_id, revision or "main")
     try:
-        path = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=SERVING_FILES))
+        with _cache_lock(repo_id):
+            path = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=SERVING_FILES))
     except Exception as exc:
         raise _named(exc, repo_id, revision) from exc
     commit = path.name  # the cache keeps each snapshot under its commit hash
-    log.info("node %d: %s at commit %s is in %s", node, repo_id, commit, path)
+    log.info("%s: %s at commit %s is in %s", who, repo_id, commit, path)
     return HubModel(repo_id, commit, path)
+
+
+@contextlib.contextmanager
+def _cache_lock(repo_id: str) -> Iterator[None]:
+    """One download of a repo at a time per cache (pods sharing a volume): the others wait here,
+    then find the files in place. huggingface_hub locks single blobs; this keeps a whole second
+    snapshot download from running beside the first."""
+    from huggingface_hub import constants
+
+    locks = Path(constants.HF_HUB_CACHE) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"tpserve--{repo_id.replace('/', '--')}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _named(exc: Exception, repo_id: str, revision: str | None) -> ConfigError:

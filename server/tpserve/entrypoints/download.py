@@ -1,0 +1,35 @@
+"""`python -m tpserve download --model org/name [--revision R]`: fetch a hub model into the cache.
+
+The operator runs it as an init container, so a pod's server starts with its files in place. The
+server itself would download them too; doing it first keeps the download out of the startup probe's
+clock and lets several pods that share one cache (a ReadWriteMany volume, a hostPath per node) fetch
+it once: `models.hub.download` holds a file lock in the cache while it downloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..core.errors import ConfigError
+from ..models import hub
+from .cli import LOG_FORMAT
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tpserve download", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="hub id org/name")
+    parser.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format=LOG_FORMAT)
+    if not hub.HUB_ID.match(args.model):
+        print(f"tpserve download: error: --model {args.model!r} is not a hub id org/name", file=sys.stderr)
+        return 2
+    try:
+        snapshot = hub.download(args.model, args.revision, node=None)
+    except ConfigError as exc:
+        print(f"tpserve download: error: {exc}", file=sys.stderr)
+        return 2
+    print(snapshot.path)
+    return 0
