@@ -119,6 +119,11 @@ def pod_serving_ready(pod: Obj, is_leader: bool) -> bool:
     return _condition(pod, "ContainersReady" if is_leader else "Ready")
 
 
+def leader_routed(group: GroupPods) -> bool:
+    """The group's leader pod is Ready (gate included): its Service routes to it."""
+    return group.leader is not None and _condition(group.leader, "Ready")
+
+
 def restart_count(pod: Obj) -> int:
     return sum(int(s.get("restartCount", 0)) for s in pod.get("status", {}).get("containerStatuses", []) or [])
 

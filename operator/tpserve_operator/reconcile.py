@@ -15,7 +15,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .groups import GroupDecision, backoff_seconds, decide_group, split_groups
+from .groups import GroupDecision, backoff_seconds, decide_group, leader_routed, split_groups
 from .kube import Kube
 from .objects import (
     GROUP_READY_GATE,
@@ -86,8 +86,11 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
     decisions: list[GroupDecision] = []
     for index, group in groups.items():
         # Roll one group at a time, in index order: a group is replaced only once every group
-        # before it serves again, so at most one group is ever down for a spec change.
-        may_roll = all(d.phase == "Ready" for d in decisions)
+        # before it serves again, so at most one group is ever down for a spec change. "Serves"
+        # means its leader pod is Ready, so the Service routes to it: a group whose gate opened
+        # this very moment is not routed yet, and replacing the next one then would leave a
+        # two-group service without an endpoint.
+        may_roll = all(d.phase == "Ready" and leader_routed(groups[d.index]) for d in decisions)
         decision = decide_group(
             spec, group, previous_groups.get(index, {}), generation, moment, may_roll, settings.backoff_base_s
         )

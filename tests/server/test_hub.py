@@ -58,11 +58,17 @@ def test_a_hub_model_downloads_then_serves_offline_from_the_cache(hub: HubServer
     snapshot = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / main
     assert (snapshot / "config.json").is_file() and list(snapshot.glob("*.safetensors"))
 
-    downloads = len([r for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]])
-    offline = resolve(hub_env(hub, tmp_path / "hf", HF_HUB_OFFLINE="1"), "--model", REPO)
-    assert offline.returncode == 0, offline.stderr
-    assert f"model_commit='{main}'" in offline.stdout
-    assert len([r for r in hub.requests if r[0] == "GET" and "/resolve/" in r[1]]) == downloads, "no download"
+    # Second start: offline, from the cache alone (the hub sees no request at all).
+    asked = len(hub.requests)
+    offline_env = hub_env(hub, tmp_path / "hf", HF_HUB_OFFLINE="1")
+    server = ServerProcess(["--model", REPO, "--device", "cpu"], tmp_path / "offline.log", env=offline_env)
+    try:
+        server.wait_healthy()
+        assert httpx.post(f"{server.url}/v1/completions", json=body).json()["usage"]["completion_tokens"] == 3
+    finally:
+        server.stop()
+    assert f"{REPO} at commit {main}" in server.log_path.read_text(errors="replace")
+    assert len(hub.requests) == asked, hub.requests[asked:]
 
 
 def test_a_revision_pins_a_commit(hub: HubServer, tmp_path: Path) -> None:
