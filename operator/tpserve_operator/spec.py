@@ -140,10 +140,9 @@ class ServiceSpec:
         if tp % nodes:
             raise SpecError("tensorParallelSize", f"{tp} is not divisible by nodes {nodes}")
         hub = _hub_model(model)
-        model_path = hub.id if hub is not None else model.get("path")
-        if hub is None and (not isinstance(model_path, str) or not model_path.startswith("/")):
+        model_path = hub.id if hub is not None else model.get("path")  # a hub id is passed as --model
+        if not isinstance(model_path, str) or (hub is None and not model_path.startswith("/")):
             raise SpecError("model.path", "must be an absolute path")
-        assert isinstance(model_path, str)
         image = spec.get("image")
         if not isinstance(image, str) or not image:
             raise SpecError("image", "is required")

@@ -9,8 +9,6 @@ and writes pod status back. Nothing here reaches beyond loopback and these names
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -161,44 +159,32 @@ def test_group_forms_serves_and_survives_a_killed_worker(e2e: E2ECluster, tiny_c
 
 
 class ServiceClient:
-    """Chats through the Service in a loop (one request at a time, round robin over its endpoints),
-    recording every request that did not get a full answer."""
+    """Chats through the Service, one request per sync() (round robin over its endpoints), recording
+    every request that did not get a full answer; a ControllerLoop runs it in the background."""
 
     def __init__(self, e2e: E2ECluster, name: str, expected: str) -> None:
         self.e2e, self.name, self.expected = e2e, name, expected
         self.answered = 0
         self.failures: list[str] = []
         self.no_endpoint = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._turn = 0
 
-    def __enter__(self) -> ServiceClient:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(120)
-
-    def _run(self) -> None:
-        turn = 0
-        while not self._stop.is_set():
-            endpoints = self.e2e.service_endpoints(self.name)
-            if not endpoints:
-                self.no_endpoint += 1
-                time.sleep(0.2)
-                continue
-            url = endpoints[turn % len(endpoints)]
-            turn += 1
-            try:
-                answer = self.e2e.chat(url)
-            except openai.APIError as exc:
-                self.failures.append(f"{url}: {type(exc).__name__}: {exc}")
-                continue
-            if answer == self.expected:
-                self.answered += 1
-            else:
-                self.failures.append(f"{url}: answered {answer!r}")
+    def sync(self) -> None:
+        endpoints = self.e2e.service_endpoints(self.name)
+        if not endpoints:
+            self.no_endpoint += 1
+            return
+        url = endpoints[self._turn % len(endpoints)]
+        self._turn += 1
+        try:
+            answer = self.e2e.chat(url)
+        except openai.APIError as exc:
+            self.failures.append(f"{url}: {type(exc).__name__}: {exc}")
+            return
+        if answer == self.expected:
+            self.answered += 1
+        else:
+            self.failures.append(f"{url}: answered {answer!r}")
 
 
 def test_engine_change_rolls_each_group_without_dropping_a_request(
@@ -214,7 +200,8 @@ def test_engine_change_rolls_each_group_without_dropping_a_request(
     assert worker_args[worker_args.index("--dist-init-addr") + 1] == "tiny-leader-1.tiny-headless:29500"
 
     old = {pod: e2e.kubelet.runtime(pod).uid for pod in ("tiny-leader-0", "tiny-leader-1")}
-    with ServiceClient(e2e, "tiny", offline_answer) as through_service:
+    through_service = ServiceClient(e2e, "tiny", offline_answer)
+    with ControllerLoop(through_service, interval_s=0.05) as client_loop:
         e2e.cluster.patch_spec("tiny", {"engine": {"maxPrefillLength": 64}})
         poll_until(
             lambda: all((r := e2e.kubelet.find(pod)) is not None and r.uid != uid for pod, uid in old.items()),
@@ -227,6 +214,7 @@ def test_engine_change_rolls_each_group_without_dropping_a_request(
     for pod in ("tiny-leader-0", "tiny-worker-0-1", "tiny-leader-1", "tiny-worker-1-1"):
         argv = e2e.kubelet.runtime(pod).process.args  # type: ignore[union-attr]
         assert argv[argv.index("--max-prefill-length") + 1] == "64"
+    assert not client_loop.errors, client_loop.errors[:3]
     assert through_service.failures == [], through_service.failures[:5]
     assert through_service.no_endpoint == 0, "the Service had no endpoint during the roll"
     assert through_service.answered > 10, through_service.answered

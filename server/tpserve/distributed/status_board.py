@@ -53,17 +53,21 @@ def publish_model_commit(store: TCPStore, commit: str) -> None:
     store.set(MODEL_COMMIT_KEY, commit)
 
 
-def wait_model_commit(host_port: str, log_every_s: float = 30.0) -> str:
+def wait_model_commit(host_port: str, attempt_s: float = 30.0) -> str:
     """Nodes k > 0: the commit node 0 resolved. Node 0 publishes it once its own download is done
     (it hosts the store only then), which may take long for a large model: wait as long as it takes."""
-    waited = 0.0
+    started = time.monotonic()
     while True:
+        attempt = time.monotonic()
         try:
-            store = connect_store(host_port, log_every_s)
+            store = connect_store(host_port, attempt_s)
             return bytes(store.get(MODEL_COMMIT_KEY)).decode()
         except (RuntimeError, TimeoutError):  # not up yet, or no commit yet
-            waited += log_every_s
-            log.info("waiting for node 0 (%s) to resolve the model: %.0fs so far", host_port, waited)
+            # A refused connection can fail at once: never spin faster than once a second.
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - attempt)))
+            log.info(
+                "waiting for node 0 (%s) to resolve the model: %.0fs so far", host_port, time.monotonic() - started
+            )
 
 
 def split_host_port(host_port: str) -> tuple[str, int]:

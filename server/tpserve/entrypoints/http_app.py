@@ -202,9 +202,9 @@ def create_api_app(
     async def on_draining(_: Request, exc: Draining) -> JSONResponse:
         return error_response(503, str(exc))
 
-    @app.exception_handler(TimeoutError)
-    async def on_timeout(_: Request, exc: TimeoutError) -> JSONResponse:
-        return error_response(504, str(exc) or f"the request ran past --request-timeout ({request_timeout_s} s)")
+    @app.exception_handler(RequestTimedOut)
+    async def on_timeout(_: Request, exc: RequestTimedOut) -> JSONResponse:
+        return error_response(504, str(exc))
 
     @app.exception_handler(EngineUnavailable)
     async def on_engine_unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
@@ -320,6 +320,10 @@ class _NotReady(Exception):
     pass
 
 
+class RequestTimedOut(Exception):
+    """504: the request ran past --request-timeout (only this: other time-outs are not the client's)."""
+
+
 @dataclass(frozen=True)
 class RequestTimeout:
     """--request-timeout: a request still running after this long is aborted (504, or an error
@@ -331,9 +335,9 @@ class RequestTimeout:
     def message(self) -> str:
         return f"the request ran past --request-timeout ({self.seconds:g} s) and was aborted"
 
-    def expired(self) -> TimeoutError:
+    def expired(self) -> RequestTimedOut:
         self.metrics.timed_out.inc()
-        return TimeoutError(self.message())
+        return RequestTimedOut(self.message())
 
 
 async def _collect_unless_disconnected(

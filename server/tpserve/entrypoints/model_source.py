@@ -24,18 +24,16 @@ class ResolvedModel:
 
 
 def resolve_model(model: str, revision: str | None, source: str, node_rank: int, dist_init_addr: str) -> ResolvedModel:
-    if source == "modelscope":
-        return _from_modelscope(model, revision)
     if not hub.is_hub_id(model):
         return ResolvedModel(model)
+    if source == "modelscope":
+        return _from_modelscope(model, revision)
     # Node 0 resolves the revision (downloading it); the others load the commit it found.
     snapshot = hub.download(model, revision if node_rank == 0 else wait_model_commit(dist_init_addr), node_rank)
     return ResolvedModel(str(snapshot.path), snapshot.commit, model)
 
 
 def _from_modelscope(model: str, revision: str | None) -> ResolvedModel:
-    if not hub.is_hub_id(model):
-        return ResolvedModel(model)
     if importlib.util.find_spec("modelscope") is None:
         raise ConfigError("--model-source modelscope needs the modelscope package (pip install modelscope)")
     from modelscope import snapshot_download  # type: ignore[import-not-found]

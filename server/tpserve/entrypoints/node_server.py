@@ -23,7 +23,7 @@ from ..distributed.status_board import GroupWatcher, connect_store
 from ..engine.launcher import LocalRanks, with_rendezvous_port
 from ..engine.sampling import SamplingParams
 from .admission import Admission
-from .cli import LOG_FORMAT, ServerArgs
+from .cli import ServerArgs
 from .engine_client import AsyncEngine
 from .health import GroupMonitor
 from .http_app import create_api_app, create_worker_app
@@ -275,8 +275,7 @@ class NodeServer:
 
 
 def serve(args: ServerArgs) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    return NodeServer(args).run()
+    return NodeServer(args).run()  # server_args has set up logging, before any download
 
 
 __all__ = ["NodeServer", "serve"]
