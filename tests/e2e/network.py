@@ -9,6 +9,7 @@ recorded and removed by `cleanup`, also after a failure.
 from __future__ import annotations
 
 import ipaddress
+import json
 import secrets
 import shutil
 import subprocess
@@ -30,11 +31,34 @@ class PodNetwork:
     hostnames: list[str] = field(default_factory=list)
 
 
+# Pod subnets are /24s taken from here; each bridge takes one no interface on this host already uses.
+POD_SUBNETS = ipaddress.ip_network("10.213.0.0/16")
+
+
+def subnets_in_use() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True, timeout=30).stdout
+    return [
+        ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
+        for link in json.loads(out)
+        for a in link.get("addr_info", [])
+    ]
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 no other interface holds: a second suite on this host (or one killed before its cleanup
+    ran, leaving its bridge behind) must not share a route with ours, or pods cannot reach the host."""
+    used = subnets_in_use()
+    for candidate in POD_SUBNETS.subnets(new_prefix=24):
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise RuntimeError(f"no free /24 left in {POD_SUBNETS} for the pod bridge")
+
+
 class Bridge:
-    def __init__(self, subnet: str = "10.213.0.0/24") -> None:
+    def __init__(self) -> None:
         self.suffix = secrets.token_hex(2)
         self.name = f"tpsbr{self.suffix}"
-        self.network = ipaddress.ip_network(subnet)
+        self.network = free_subnet()
         self._hosts = iter(self.network.hosts())
         self.gateway = str(next(self._hosts))
         self.pods: dict[str, PodNetwork] = {}
