@@ -1,6 +1,7 @@
 """`python -m tpserve_operator`: run the operator.
 
 Environment: TPSERVE_LOG_LEVEL (debug|info|warning|error), WATCH_NAMESPACES (comma-separated; empty = all namespaces), LIVENESS_PORT (8080),
+METRICS_PORT (8081; 0 turns the Prometheus endpoint off),
 TPSERVE_RECONCILE_INTERVAL_S, TPSERVE_RESTART_BACKOFF_BASE_S; LEADER_ELECTION=true with LEASE_NAME,
 POD_NAMESPACE, POD_NAME (and LEASE_DURATION_S, LEASE_RENEW_S, LEASE_RETRY_S) for several replicas.
 """
@@ -14,7 +15,10 @@ import threading
 import kopf
 from kubernetes import client, config
 
-from . import handlers  # importing registers the handlers
+from . import (
+    handlers,  # importing registers the handlers
+    metrics,
+)
 from .leader import FollowerHealth, LeaderElector, LeaseSettings
 
 
@@ -23,6 +27,9 @@ def main() -> None:
     kopf.configure(debug=level == "debug", verbose=level == "debug", quiet=level in ("warning", "error"))
     namespaces = handlers.watch_namespaces()
     port = int(os.environ.get("LIVENESS_PORT", "8080"))
+    metrics_port = int(os.environ.get("METRICS_PORT", "8081"))
+    if metrics_port:
+        metrics.serve(metrics_port)  # followers too: a scrape shows which replica leads (it reconciles)
     lease = LeaseSettings.from_env()
     if lease is None:
         run_kopf(namespaces, port)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import defaultdict
 from typing import Any
 
 import kopf
 
+from . import metrics
 from .kube import FIELD_MANAGER, Kube
 from .objects import API_GROUP, LABEL_SERVICE, PLURAL
 from .reconcile import ReconcileSettings, reconcile
@@ -83,19 +85,44 @@ async def _reconcile(body: Any) -> None:
     finally:
         _queued.discard(key)
     try:
-        # Decide from the freshest copy: the body kopf hands over may predate our last status write,
-        # and a decision from stale status would forget restarts it already counted.
-        fresh = await kube().read_service(namespace, name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        events: list[tuple[str, str, str]] = []
-        try:
-            due_s = await reconcile(kube(), fresh, lambda *event: events.append(event), SETTINGS)
-        finally:
-            await _post_events(fresh, events)
-        _wake_later(key, due_s)
+        await _reconcile_measured(key)
     finally:
         _locks[key].release()
+
+
+async def _reconcile_measured(key: tuple[str, str]) -> None:
+    """One reconcile, counted by result and timed (operator metrics)."""
+    started = time.monotonic()
+    try:
+        await _reconcile_fresh(key)
+    except Exception as exc:
+        metrics.RECONCILES.labels("error").inc()
+        metrics.RECONCILE_ERRORS.labels(metrics.error_reason(exc)).inc()
+        raise
+    else:
+        metrics.RECONCILES.labels("ok").inc()
+    finally:
+        metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+
+
+async def _reconcile_fresh(key: tuple[str, str]) -> None:
+    # Decide from the freshest copy: the body kopf hands over may predate our last status write,
+    # and a decision from stale status would forget restarts it already counted.
+    namespace, name = key
+    fresh = await kube().read_service(namespace, name)
+    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        metrics.SERVICE_PHASES.phases.pop(key, None)
+        return
+    metrics.SERVICE_PHASES.phases[key] = (fresh.get("status") or {}).get("phase", "")
+    events: list[tuple[str, str, str]] = []
+    try:
+        due_s = await reconcile(kube(), fresh, lambda *event: events.append(event), SETTINGS)
+    finally:
+        restarts = sum(reason == "GroupRestart" for _, reason, _ in events)
+        if restarts:
+            metrics.GROUP_RESTARTS.labels(namespace, name).inc(restarts)
+        await _post_events(fresh, events)
+    _wake_later(key, due_s)
 
 
 def _wake_later(key: tuple[str, str], due_s: float | None) -> None:
@@ -149,6 +176,9 @@ async def _resync_forever(namespaces: list[str]) -> None:
         except Exception:  # the API is unreachable for now: try again next period
             logging.getLogger(__name__).warning("listing TPInferenceServices failed", exc_info=True)
             continue
+        present = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services}
+        for gone in set(metrics.SERVICE_PHASES.phases) - present:  # deleted while we did not look
+            metrics.SERVICE_PHASES.phases.pop(gone, None)
         for service in services:
             await _reconcile_logged(service)  # one broken resource must not stop the others
 

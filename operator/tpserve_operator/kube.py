@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from . import metrics
 from .objects import API_GROUP, KIND, PLURAL
 
 Obj = dict[str, Any]
@@ -43,7 +44,14 @@ class Kube:
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
         def run() -> Obj | None:
             # A bounded wait: a hung API call must fail and be retried, not stall reconciliation.
-            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+            try:
+                response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+            except ApiException as exc:
+                metrics.API_ERRORS.labels(str(exc.status or 0)).inc()
+                raise
+            except Exception:  # no answer at all: refused, reset, timed out
+                metrics.API_ERRORS.labels("0").inc()
+                raise
             data = response.data
             return json.loads(data) if data else None
 
@@ -179,6 +187,7 @@ class Kube:
         )
 
     async def patch_service_status(self, namespace: str, name: str, status: Obj) -> None:
+        metrics.SERVICE_PHASES.phases[namespace, name] = status.get("phase", "")
         await self._ignore_404(
             self.custom.patch_namespaced_custom_object_status,
             API_GROUP,

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from transformers import AutoTokenizer
 
 from tpserve import LLM, SamplingParams
+from tpserve.testing.metrics_text import scrape_value
 
 from .server_process import ServerProcess, healthy_server, poll_until
 from .test_prompt_logprobs import hf_prompt_logprobs
@@ -46,11 +47,8 @@ def greedy(**extra: object) -> dict:
     return {"temperature": 0, "extra_body": {"ignore_eos": True}} | extra
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
-    assert match, f"{name} missing from /metrics"
-    return float(match.group(1))
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    return scrape_value(server.url, name, model_name="tiny", **labels)
 
 
 # -- happy paths ---------------------------------------------------------------------------------
@@ -229,7 +227,7 @@ def test_health_generate_and_metrics(server: ServerProcess) -> None:
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and [r["phase"] for r in health["ranks"]] == ["ready", "ready"]
     assert metric(server, "tpserve_ranks_ready") == 2
-    assert metric(server, "tpserve_kv_cache_pages_total") > 0
+    assert metric(server, "tpserve_kv_cache_pages_capacity") > 0
     assert metric(server, "tpserve_generation_tokens_total") > 0
     text = httpx.get(f"{server.url}/metrics").text
     assert "tpserve_time_to_first_token_seconds_bucket" in text

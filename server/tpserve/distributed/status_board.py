@@ -124,6 +124,7 @@ class RankStatus:
     phase: str  # a Phase value, or "missing" before the rank connected
     alive: bool  # heartbeat advanced within HEARTBEAT_TIMEOUT_S
     message: str = ""
+    heartbeat_age_s: float = 0.0  # since the heartbeat last advanced (as this watcher saw it)
 
 
 class GroupWatcher:
@@ -148,6 +149,7 @@ class GroupWatcher:
             previous = self._last_beat.get(rank)
             if previous is None or previous[0] != beat:
                 self._last_beat[rank] = (beat, now)
-            alive = now - self._last_beat[rank][1] < HEARTBEAT_TIMEOUT_S
-            statuses.append(RankStatus(rank, record["phase"], alive, record.get("message", "")))
+            age = now - self._last_beat[rank][1]
+            alive = age < HEARTBEAT_TIMEOUT_S
+            statuses.append(RankStatus(rank, record["phase"], alive, record.get("message", ""), age))
         return statuses

@@ -41,7 +41,7 @@ def with_rendezvous_port(config: EngineConfig) -> EngineConfig:
 class LocalRanks:
     """The rank processes of one node."""
 
-    def __init__(self, config: EngineConfig, log_level: str = "INFO") -> None:
+    def __init__(self, config: EngineConfig, log_level: str = "INFO", log_format: str = "text") -> None:
         self.config = config
         # Node 0 hosts the status board / rendezvous store before any rank tries to reach it.
         self.store = host_store(config.dist_init_addr, config.dist_timeout) if config.node_rank == 0 else None
@@ -55,7 +55,7 @@ class LocalRanks:
         self.processes = [
             ctx.Process(
                 target=rank_main,
-                args=(config, rank, self.status, self.inbox if rank == 0 else None, log_level),
+                args=(config, rank, self.status, self.inbox if rank == 0 else None, log_level, log_format),
                 name=f"tpserve-rank{rank}",
                 daemon=True,
             )

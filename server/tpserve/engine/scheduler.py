@@ -54,6 +54,7 @@ class Sequence:
     num_cached: int = 0  # tokens whose K/V are in the cache or computed by a planned step
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    scheduled_time: float | None = None  # when it first ran (a preempted one keeps its first)
     row: int = -1  # request row in every rank's tables while running
     pages_sent: int = 0  # leading entries of `pages` the ranks' page tables hold
     num_pending: int = 0  # trailing placeholders in token_ids: tokens planned but not yet sampled
@@ -89,6 +90,8 @@ class StepOutput:
     logprobs: TokenLogprobs | None
     finish_reason: FinishReason | None
     prompt_logprobs: list[TokenLogprobs] | None = None  # the next prompt tokens' (no token then)
+    # With a request's first token: seconds from its arrival at the scheduler until it first ran.
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,8 @@ class Scheduler:
         seq.pages = [node.page for node in nodes]
         seq.num_cached = len(nodes) * self.limits.page_size
         seq.row = self._free_rows.pop()  # at most max_running sequences run, one row each
+        if seq.scheduled_time is None:
+            seq.scheduled_time = time.monotonic()
         seq.pages_sent = 0
         self.prefix_queried_tokens += len(seq.token_ids)
         self.prefix_hit_tokens += seq.num_cached
@@ -556,7 +561,10 @@ class Scheduler:
             if reason is not None:
                 seq.finish_reason = reason
                 self._finish(seq)
-            outputs.append(StepOutput(seq.request_id, result.token_id, result.logprobs, reason))
+            queued_s = None
+            if row.token_index == seq.prompt_len and seq.scheduled_time is not None:
+                queued_s = seq.scheduled_time - seq.arrival_time
+            outputs.append(StepOutput(seq.request_id, result.token_id, result.logprobs, reason, queued_s=queued_s))
         return outputs
 
     def _prompt_outputs(self, step: ScheduledStep, entries: list[TokenLogprobs]) -> list[StepOutput]:

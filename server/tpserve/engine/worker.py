@@ -21,6 +21,7 @@ import torch
 
 from ..core.batch import ForwardBatch
 from ..core.errors import ConfigError
+from ..core.logs import configure_logging
 from ..distributed.group import TPGroup, destroy_tp_group, init_tp_group
 from ..distributed.status_board import Phase, RankReporter
 from ..kvcache.request_tables import to_device
@@ -57,9 +58,10 @@ def rank_main(
     status: multiprocessing.queues.Queue,  # type: ignore[type-arg]
     inbox: multiprocessing.queues.Queue | None,  # type: ignore[type-arg]
     log_level: str = "INFO",
+    log_format: str = "text",
 ) -> None:
     """Entry point of a spawned rank process."""
-    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format, node=config.node_rank, rank=rank)
     _die_with_parent()
     if config.device == "cpu":
         _share_cores(config.ranks_per_node)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
 RETRY_AFTER_S = 1  # a queue of this engine moves within seconds; clients back off from there
 
 
@@ -27,13 +25,13 @@ class Draining(Exception):
 class Admission:
     max_queued: int
     waiting: Callable[[], int]  # requests (choices) submitted to the engine but not yet running
-    rejected: Counter  # labelled by reason
+    rejected: Callable[[str], None]  # counts a refusal by reason
     draining: bool = False
 
     def admit(self, choices: int) -> None:
         """A new request's check, before its response starts: raise unless it may queue now."""
         if self.draining:
-            self.rejected.labels(reason="draining").inc()
+            self.rejected("draining")
             raise Draining("the server is shutting down; retry on another replica")
         self._check_queue(choices)
 
@@ -44,7 +42,7 @@ class Admission:
 
     def _check_queue(self, sequences: int) -> None:
         if self.waiting() + sequences > self.max_queued:
-            self.rejected.labels(reason="queue_full").inc()
+            self.rejected("queue_full")
             raise QueueFull(
                 f"the server's waiting queue is full ({self.max_queued} requests, --max-queued-requests); "
                 f"retry after {RETRY_AFTER_S} s"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,13 +17,13 @@ from typing import NoReturn
 import torch
 
 from ..core.errors import ConfigError
+from ..core.logs import LOG_FORMATS, configure_logging
 from ..engine.config import EngineConfig
 from ..models.config import ModelConfig
 from .model_source import resolve_model
 from .reasoning import REASONING_PARSERS
 from .tool_calls import TOOL_CALL_PARSERS
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Generous: a queue this long is minutes of work; the bound is there so memory cannot grow without one.
 DEFAULT_MAX_QUEUED_REQUESTS = 4096
 
@@ -178,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serving.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="json: one JSON object per line (time, level, logger, node, rank, request_id, message)",
+    )
+    serving.add_argument(
         "--tool-call-parser",
         choices=TOOL_CALL_PARSERS,
         help="the model's tool-call syntax, for tool_choice auto (default: detected from the chat template)",
@@ -259,6 +264,7 @@ class ServerArgs:
     port: int
     api_key: str | None
     log_level: str
+    log_format: str = "text"
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
@@ -312,7 +318,7 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
     if not 0 < ns.port < 65536:
         parser.error(f"--port must be in 1..65535, got {ns.port}")
     # The server's log format from the first line on: a hub download logs its progress.
-    logging.basicConfig(level=ns.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(ns.log_level, ns.log_format, node=ns.node_rank)
     try:
         # A hub id becomes a downloaded snapshot before anything reads the model.
         resolved = resolve_model(ns.model, ns.revision, ns.model_source, ns.node_rank, ns.dist_init_addr or "")
@@ -329,6 +335,7 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
         port=ns.port,
         api_key=ns.api_key,
         log_level=ns.log_level,
+        log_format=ns.log_format,
         tool_call_parser=ns.tool_call_parser,
         reasoning_parser=ns.reasoning_parser,
         max_queued_requests=ns.max_queued_requests,

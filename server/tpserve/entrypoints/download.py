@@ -9,20 +9,20 @@ it once: `models.hub.download` holds a file lock in the cache while it downloads
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ..core.errors import ConfigError
+from ..core.logs import LOG_FORMATS, configure_logging
 from ..models import hub
-from .cli import LOG_FORMAT
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tpserve download", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="hub id org/name")
     parser.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format=LOG_FORMAT)
+    configure_logging("info", args.log_format)
     if not hub.HUB_ID.match(args.model):
         print(f"tpserve download: error: --model {args.model!r} is not a hub id org/name", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from .openai_protocol import (
     error_body,
 )
 from .openai_serving import BadRequest, ChoiceState, OpenAIServing, best_choices, new_id, sse, usage
+from .request_context import RequestContext, current_record, public_id
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +273,10 @@ def create_api_app(
         ranking_logprobs = body.logprobs if body.logprobs is not None or candidates == body.n else 0
         choices = s.make_choices(body, prompts, body.max_tokens, ranking_logprobs, per_prompt=candidates)
         admission.admit(len(choices))
-        request_id = new_id("cmpl")
+        _record(prompts, choices)
+        request_id = new_id("cmpl")  # the engine's: unique even where clients reuse an X-Request-Id
         created = int(time.time())
-        base = {"id": request_id, "object": "text_completion", "created": created, "model": s.model_name}
+        base = {"id": public_id("cmpl"), "object": "text_completion", "created": created, "model": s.model_name}
         if body.stream:
             report = UsageReport.of(body.stream_options)
             chunks = _completion_chunks(s, request_id, base, prompts, choices, report, eos_ids, body.echo)
@@ -298,8 +300,10 @@ def create_api_app(
         top = (body.top_logprobs or 0) if body.logprobs else None
         choices = s.make_choices(body, [prompt], body.token_limit, top)
         admission.admit(len(choices))
+        _record([prompt], choices)
         request_id = new_id("chatcmpl")
-        base = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": s.model_name}
+        base = {"id": public_id("chatcmpl"), "object": "chat.completion", "created": int(time.time())}
+        base["model"] = s.model_name
         if body.stream:
             report = UsageReport.of(body.stream_options)
             shapers = {c.index: ChatStreamShaper(s.parsers.think, tools) for c in choices}
@@ -313,7 +317,15 @@ def create_api_app(
             }
         )
 
-    return BodySizeLimit(app)  # type: ignore[return-value]
+    routes = {route.path for route in app.routes if hasattr(route, "path")}
+    return RequestContext(BodySizeLimit(app), metrics, routes, lambda problem: error_response(400, problem))  # type: ignore[return-value]
+
+
+def _record(prompts: list[list[int]], choices: list[ChoiceState]) -> None:
+    """What the request's log line reports (request_context)."""
+    record = current_record()
+    if record is not None:
+        record.prompts, record.choices = prompts, choices
 
 
 class _NotReady(Exception):

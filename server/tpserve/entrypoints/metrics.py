@@ -1,62 +1,120 @@
-"""Prometheus metrics of one server (own registry, so tests and several servers never collide)."""
+"""Prometheus metrics of one server (own registry, so tests and several servers never collide).
+
+Every tpserve metric carries `model_name` (the served name), as vLLM's do; the process_* metrics of
+prometheus-client are the standard unlabelled ones. README's "Metrics" table lists them all.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..distributed.status_board import Phase, RankStatus
 from ..engine.scheduler import CacheStats
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5, 10, 20, 40)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5, 10, 20, 40, 80)
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+RANK_PHASES = [p.value for p in Phase] + ["missing"]
 
 
 class ServerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, model_name: str, node_rank: int = 0) -> None:
         self.registry = CollectorRegistry()
+        self.model_name = model_name
         r = self.registry
-        self.running = Gauge("tpserve_num_requests_running", "Requests being prefilled or decoded", registry=r)
-        self.waiting = Gauge("tpserve_num_requests_waiting", "Requests queued for admission", registry=r)
-        self.kv_pages_used = Gauge("tpserve_kv_cache_pages_used", "KV cache pages in use", registry=r)
-        self.kv_pages_total = Gauge("tpserve_kv_cache_pages_total", "KV cache pages in all", registry=r)
-        self.prompt_tokens = Counter("tpserve_prompt_tokens", "Prompt tokens of admitted requests", registry=r)
-        self.generation_tokens = Counter("tpserve_generation_tokens", "Tokens generated", registry=r)
-        self.requests = Counter("tpserve_requests", "Finished requests by reason", ["finish_reason"], registry=r)
-        self.ttft = Histogram(
-            "tpserve_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.itl = Histogram(
-            "tpserve_inter_token_latency_seconds",
-            "Time between tokens of a request",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ranks_ready = Gauge(
-            "tpserve_ranks_ready", "Ranks of the group that are ready and heartbeating", registry=r
-        )
-        self.ranks_total = Gauge("tpserve_ranks_total", "Ranks in the group (tensor-parallel size)", registry=r)
-        self.kv_usage = Gauge(
+        m = ["model_name"]
+
+        def gauge(name: str, doc: str, exported: bool = True) -> Gauge:
+            return Gauge(name, doc, m, registry=r if exported else None).labels(model_name)
+
+        def histogram(name: str, doc: str, buckets: Iterable[float]) -> Histogram:
+            return Histogram(name, doc, m, buckets=tuple(buckets), registry=r).labels(model_name)
+
+        self.running = gauge("tpserve_num_requests_running", "Sequences being prefilled or decoded")
+        self.waiting = gauge("tpserve_num_requests_waiting", "Sequences submitted but not running yet")
+        self.kv_pages_used = gauge("tpserve_kv_cache_pages_used", "KV cache pages held by requests")
+        self.kv_pages_total = gauge("tpserve_kv_cache_pages_capacity", "KV cache pages in all")
+        self.kv_usage = gauge(
             "tpserve_kv_cache_usage_perc",
             "Share of KV pages in use, cached-but-evictable prefix pages counted as used (0-1)",
+        )
+        self.prefix_hit_rate = gauge(
+            "tpserve_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache / prompt tokens looked up (0-1)"
+        )
+        self.prompt_tokens = Counter(
+            "tpserve_prompt_tokens", "Prompt tokens of admitted sequences", m, registry=r
+        ).labels(model_name)
+        self.generation_tokens = Counter("tpserve_generation_tokens", "Tokens generated", m, registry=r).labels(
+            model_name
+        )
+        self._finished = Counter(
+            "tpserve_requests",
+            "Finished sequences (choices) by finish reason; abort: the client left or the request failed",
+            [*m, "finish_reason"],
             registry=r,
         )
-        self.rejected = Counter(
+        self._http = Counter(
+            "tpserve_http_requests",
+            "HTTP requests answered, by route and status code",
+            [*m, "endpoint", "status"],
+            registry=r,
+        )
+        self.ttft = histogram("tpserve_time_to_first_token_seconds", "Time to first token", LATENCY_BUCKETS)
+        self.itl = histogram(
+            "tpserve_inter_token_latency_seconds", "Time between tokens of a sequence", LATENCY_BUCKETS
+        )
+        self.e2e = histogram(
+            "tpserve_e2e_request_latency_seconds", "Submission to last token of a sequence", REQUEST_BUCKETS
+        )
+        self.queue_time = histogram(
+            "tpserve_request_queue_time_seconds", "Waiting in the scheduler before first running", REQUEST_BUCKETS
+        )
+        self.prefill_time = histogram(
+            "tpserve_request_prefill_time_seconds",
+            "First running to first token (the prompt's prefill)",
+            REQUEST_BUCKETS,
+        )
+        self.decode_time = histogram(
+            "tpserve_request_decode_time_seconds", "First token to last token of a sequence", REQUEST_BUCKETS
+        )
+        self.prompt_length = histogram("tpserve_request_prompt_tokens", "Prompt length of a sequence", TOKEN_BUCKETS)
+        self.generation_length = histogram(
+            "tpserve_request_generation_tokens", "Tokens a finished sequence generated", TOKEN_BUCKETS
+        )
+        # The group's view lives on node 0; other nodes see only their own ranks and rank 0.
+        on_node0 = node_rank == 0
+        self.ranks_ready = gauge("tpserve_ranks_ready", "Ranks of the group ready and heartbeating", on_node0)
+        self.ranks_total = gauge("tpserve_ranks_expected", "Ranks in the group (the tensor-parallel size)", on_node0)
+        self._rejected = Counter(
             "tpserve_requests_rejected",
             "Generation requests refused before queueing, by reason",
-            ["reason"],
+            [*m, "reason"],
             registry=r,
         )
-        self.timed_out = Counter("tpserve_requests_timed_out", "Requests ended by --request-timeout", registry=r)
-        self.loop_tasks = Gauge(
-            "tpserve_event_loop_tasks", "asyncio tasks of the HTTP server (leak detector)", registry=r
-        )
-        self.engine_totals = EngineTotals()
+        self.timed_out = Counter(
+            "tpserve_requests_timed_out", "Requests ended by --request-timeout", m, registry=r
+        ).labels(model_name)
+        self.loop_tasks = gauge("tpserve_event_loop_tasks", "asyncio tasks of the HTTP server (leak detector)")
+        self.engine_totals = EngineTotals(model_name)
         r.register(self.engine_totals)
+        self.local_ranks = LocalRankGauges(model_name, node_rank)
+        r.register(self.local_ranks)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU time
-
         self._num_pages = 0
+
+    def finished(self, finish_reason: str) -> None:
+        self._finished.labels(self.model_name, finish_reason).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(self.model_name, reason).inc()
+
+    def http_response(self, endpoint: str, status: int) -> None:
+        self._http.labels(self.model_name, endpoint, str(status)).inc()
 
     def set_num_pages(self, num_pages: int) -> None:
         self._num_pages = num_pages
@@ -66,16 +124,42 @@ class ServerMetrics:
         self.kv_pages_used.set(cache.pages_in_use)
         used = cache.pages_in_use + cache.pages_cached
         self.kv_usage.set(used / self._num_pages if self._num_pages else 0.0)
+        queried = cache.prefix_queried_tokens
+        self.prefix_hit_rate.set(cache.prefix_hit_tokens / queried if queried else 0.0)
         self.engine_totals.latest = cache
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+@dataclass(frozen=True)
+class SequenceTimes:
+    """One finished sequence, as the front end saw it (monotonic seconds)."""
+
+    submitted: float
+    first_token: float | None
+    last_token: float | None
+    queued_s: float | None  # from the scheduler, with the first token
+    prompt_tokens: int
+    generated_tokens: int
+
+    def observe(self, metrics: ServerMetrics, finished: float) -> None:
+        metrics.e2e.observe(finished - self.submitted)
+        metrics.prompt_length.observe(self.prompt_tokens)
+        metrics.generation_length.observe(self.generated_tokens)
+        if self.queued_s is not None:
+            metrics.queue_time.observe(self.queued_s)
+        if self.first_token is not None:
+            queued = self.queued_s or 0.0
+            metrics.prefill_time.observe(max(0.0, self.first_token - self.submitted - queued))
+            metrics.decode_time.observe(max(0.0, (self.last_token or self.first_token) - self.first_token))
+
+
 class EngineTotals(Collector):
     """Counters rank 0 keeps the totals of, exported as last reported (a restart starts them at 0)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
         self.latest = CacheStats()
 
     def collect(self) -> Iterator[Metric]:
@@ -90,4 +174,34 @@ class EngineTotals(Collector):
             ("tpserve_num_preemptions", "Requests preempted to make room for others", stats.preemptions),
             ("tpserve_prefix_cache_evicted_pages", "Cached KV pages evicted", stats.evicted_pages),
         ):
-            yield CounterMetricFamily(name, documentation, value=value)
+            family = CounterMetricFamily(name, documentation, labels=["model_name"])
+            family.add_metric([self.model_name], value)
+            yield family
+
+
+class LocalRankGauges(Collector):
+    """The ranks this node runs, as of its latest health check: ready, heartbeat age, phase.
+
+    Each node reports only its own ranks, so summing over a group's pods counts every rank once."""
+
+    def __init__(self, model_name: str, node_rank: int) -> None:
+        self.model_name = model_name
+        self.node = str(node_rank)
+        self.ranks: list[RankStatus] = []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model_name", "node", "rank"]
+        ready = GaugeMetricFamily("tpserve_rank_ready", "1 while the rank is ready and heartbeating", labels=labels)
+        age = GaugeMetricFamily(
+            "tpserve_rank_heartbeat_age_seconds", "Seconds since the rank's heartbeat last advanced", labels=labels
+        )
+        phase = GaugeMetricFamily(
+            "tpserve_rank_phase", "1 for the rank's current startup phase, 0 for the others", labels=[*labels, "phase"]
+        )
+        for status in self.ranks:
+            key = [self.model_name, self.node, str(status.rank)]
+            ready.add_metric(key, float(status.phase == Phase.READY.value and status.alive))
+            age.add_metric(key, status.heartbeat_age_s)
+            for name in RANK_PHASES:
+                phase.add_metric([*key, name], float(status.phase == name))
+        yield from (ready, age, phase)

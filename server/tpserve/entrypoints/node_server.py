@@ -62,8 +62,9 @@ class NodeServer:
         if config.node_rank == 0:
             config = with_rendezvous_port(config)
         self.config = config
-        self.metrics = ServerMetrics()
-        self.metrics.ranks_total.set(config.tp)
+        self.metrics = ServerMetrics(args.served_model_name, config.node_rank)
+        if config.node_rank == 0:
+            self.metrics.ranks_total.set(config.tp)
         self.ranks: LocalRanks | None = None
         self.monitor: GroupMonitor | None = None
         self.engine: AsyncEngine | None = None
@@ -77,7 +78,7 @@ class NodeServer:
     # -- entry -----------------------------------------------------------------------------------
     def run(self) -> int:
         started = time.monotonic()
-        self.ranks = LocalRanks(self.config, self.args.log_level)
+        self.ranks = LocalRanks(self.config, self.args.log_level, self.args.log_format)
         if self.config.node_rank == 0:
             watched = list(range(self.config.tp))
         else:
@@ -90,6 +91,7 @@ class NodeServer:
                 host=self.args.host,
                 port=self.args.port,
                 log_level=self.args.log_level,
+                log_config=None,  # uvicorn's own lines go through our handler, in our format
                 access_log=False,
                 timeout_graceful_shutdown=5,  # the drain already waited for in-flight requests
             ),
@@ -137,7 +139,9 @@ class NodeServer:
             )
         else:
             app = create_worker_app(self.monitor, self.metrics)
-        inner = getattr(app, "app", app)  # unwrap the body-size middleware
+        inner: Any = app
+        while not isinstance(inner, FastAPI):  # unwrap the ASGI middleware around the app
+            inner = inner.app
         inner.router.lifespan_context = self._lifespan
         return app
 
@@ -244,7 +248,10 @@ class NodeServer:
     # -- all nodes -------------------------------------------------------------------------------
     def _refresh_metrics(self) -> None:
         assert self.monitor is not None
-        self.metrics.ranks_ready.set(self.monitor.ranks_ready)
+        if self.config.node_rank == 0:
+            self.metrics.ranks_ready.set(self.monitor.ranks_ready)
+        local = set(self.monitor.local.ranks)
+        self.metrics.local_ranks.ranks = [r for r in self.monitor.latest.ranks if r.rank in local]
         self.metrics.loop_tasks.set(len(asyncio.all_tasks()))
         if self.engine is not None:
             load = self.engine.load

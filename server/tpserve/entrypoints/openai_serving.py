@@ -19,7 +19,7 @@ from ..engine.sampling import SamplingParams, StructuredOutput, TokenLogprobs
 from .chat_output import ToolMode
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
 from .engine_client import AsyncEngine
-from .metrics import ServerMetrics
+from .metrics import SequenceTimes, ServerMetrics
 from .openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -57,6 +57,7 @@ class ChoiceState:
     finish_reason: str | None = None
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # [None, ...] when asked
     score_only: bool = False  # max_tokens 0 with echo: the one token generated is not part of the answer
+    first_token_at: float | None = None  # monotonic; for metrics and the request's log line
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ class OpenAIServing:
     ) -> AsyncIterator[ChoiceDelta]:
         started = time.monotonic()
         last = started
+        queued_s: float | None = None
         self.metrics.prompt_tokens.inc(len(choice.prompt_ids))
         hidden_ids = set(choice.params.stop_token_ids) | (set() if choice.params.ignore_eos else set(eos_ids))
         try:
@@ -287,7 +289,10 @@ class OpenAIServing:
                         text, _ = choice.matcher.feed(choice.detokenizer.flush())
                         yield ChoiceDelta(choice.index, text + choice.matcher.flush(), [], choice.finish_reason)
                     return
+                if out.queued_s is not None:
+                    queued_s = out.queued_s
                 if not choice.token_ids:
+                    choice.first_token_at = now
                     self.metrics.ttft.observe(now - started)
                 else:
                     self.metrics.itl.observe(now - last)
@@ -313,8 +318,12 @@ class OpenAIServing:
                 if text or new_logprobs:
                     yield ChoiceDelta(choice.index, text, new_logprobs, None)
         finally:
+            # A choice left without a finish reason was aborted: its client went away, or it failed.
+            self.metrics.finished(choice.finish_reason or "abort")
             if choice.finish_reason is not None:
-                self.metrics.requests.labels(choice.finish_reason).inc()
+                SequenceTimes(
+                    started, choice.first_token_at, last, queued_s, len(choice.prompt_ids), len(choice.token_ids)
+                ).observe(self.metrics, time.monotonic())
 
     async def merged(
         self, request_id: str, choices: list[ChoiceState], eos_ids: tuple[int, ...]

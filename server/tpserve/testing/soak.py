@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from .metrics_text import samples, scrape_text
 
 BEHAVIOURS = ("disconnect", "n", "stop", "plain")
 WEIGHTS = (0.25, 0.15, 0.2, 0.4)
@@ -159,9 +160,11 @@ async def soak(url: str, clients: int, seconds: float, seed: int = 0) -> SoakRep
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The server's unlabelled metrics, name -> value."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_:]+) ([0-9.e+-]+)$", text, re.MULTILINE)}
+    """The server's gauges and counters, name -> value summed over their label sets."""
+    totals: dict[str, float] = {}
+    for sample in samples(scrape_text(url)):
+        totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def wait_quiet(url: str, timeout_s: float = 60) -> dict[str, float]:
