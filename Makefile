@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch that lies on this machine's disk; a bare `torch` would pull CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv lint test demo bench clean k8s-binaries
+.PHONY: venv lint test demo bench clean k8s-binaries test-tools
 
 venv: $(STAMP)
 
@@ -30,7 +30,14 @@ lint: $(STAMP)
 k8s-binaries:
 	bash tools/k8s/build.sh
 
-test: lint k8s-binaries
+# promtool (Debian's prometheus package, pinned) and the prometheus-operator and KEDA CRDs (their Go
+# modules, pinned), into .cache/ once: the suite lints /metrics pages and validates the chart's monitors
+# and autoscaling examples with them.
+test-tools:
+	bash tools/install_promtool.sh
+	bash tools/third_party_crds.sh
+
+test: lint k8s-binaries test-tools
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

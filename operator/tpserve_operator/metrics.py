@@ -39,7 +39,7 @@ RECONCILE_DURATION = Histogram(
 GROUP_RESTARTS = Counter(
     "tpserve_operator_group_restarts",
     "Groups the operator recreated because a rank failed (rolls to a new spec are not counted)",
-    ["namespace", "name"],
+    ["namespace", "service"],
     registry=REGISTRY,
 )
 API_ERRORS = Counter(

@@ -53,6 +53,12 @@ VALUES_MATRIX = {
         "serviceAccount": {"create": False, "name": "ops"},
         "image": {"repository": "r.example/op", "tag": "1.2.3", "pullPolicy": "Always"},
     },
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+        "podMonitor": {"enabled": True, "interval": "10s"},
+        "grafanaDashboard": {"enabled": True, "namespace": "grafana"},
+    },
+    "monitoring-all-namespaces": {"podMonitor": {"enabled": True}, "watchNamespaces": []},
     "scheduling": {
         "nodeSelector": {"pool": "cpu"},
         "tolerations": [{"key": "x", "operator": "Exists"}],
@@ -73,16 +79,79 @@ def test_helm_lint_strict() -> None:
         assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
 
 
+@pytest.fixture(scope="session")
+def third_party_crds() -> dict[str, jsonschema.Draft4Validator]:
+    """Validators of the prometheus-operator and KEDA kinds, by apiVersion/kind, from their CRDs."""
+    out = subprocess.run(
+        ["bash", str(REPO / "tools/third_party_crds.sh")], check=True, capture_output=True, text=True, timeout=300
+    )
+    validators = {}
+    for path in Path(out.stdout.strip().splitlines()[-1]).glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            key = f"{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['kind']}"
+            validators[key] = jsonschema.Draft4Validator(version["schema"]["openAPIV3Schema"])
+    return validators
+
+
+def validate_object(obj: dict, third_party: dict[str, jsonschema.Draft4Validator]) -> list[str]:
+    """Built-in kinds through kubernetes-validate --strict; a CRD's kinds through its schema."""
+    key = f"{obj['apiVersion']}/{obj['kind']}"
+    if key in third_party:
+        return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in third_party[key].iter_errors(obj)]
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [exc.message]
+    return []
+
+
 @pytest.mark.parametrize("case", list(VALUES_MATRIX))
-def test_rendered_objects_are_valid_kubernetes(case: str) -> None:
+def test_rendered_objects_are_valid_kubernetes(case: str, third_party_crds: dict) -> None:
     objects = render(VALUES_MATRIX[case])
     kinds = sorted({o["kind"] for o in objects})
     assert "Deployment" in kinds and "CustomResourceDefinition" in kinds
     for obj in objects:
-        try:
-            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{case}: {obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+        problems = validate_object(obj, third_party_crds)
+        assert not problems, f"{case}: {obj['kind']}/{obj['metadata']['name']}: {problems}"
+
+
+def test_monitors_and_dashboard_are_off_by_default_and_scrape_what_serves_metrics() -> None:
+    kinds = {o["kind"] for o in render({})}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "ConfigMap"}
+    objects = {o["kind"]: o for o in render(VALUES_MATRIX["monitoring"])}
+    deployment, service = objects["Deployment"], objects["Service"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "METRICS_PORT", "value": "8081"} in container["env"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    monitor = objects["ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # The server pods the operator makes carry this label and name their API port `http`.
+    pods = objects["PodMonitor"]["spec"]
+    assert pods["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "tpserve-operator"}
+    assert pods["podMetricsEndpoints"][0]["port"] == "http"
+    dashboard = objects["ConfigMap"]
+    assert (
+        dashboard["metadata"]["namespace"] == "grafana" and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    )
+    shipped = json.loads((CHART / "dashboards" / "tpserve.json").read_text())
+    assert json.loads(dashboard["data"]["tpserve.json"]) == shipped
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (CHART / "examples" / "autoscaling").glob("*.yaml")))
+def test_autoscaling_examples_match_their_schemas(example: str, third_party_crds: dict) -> None:
+    body = yaml.safe_load((CHART / "examples" / "autoscaling" / example).read_text())
+    assert validate_object(body, third_party_crds) == []
+    target = body["spec"]["scaleTargetRef"]
+    # They scale groups through the CRD's scale subresource.
+    assert (target["apiVersion"], target["kind"]) == ("tpserve.io/v1alpha1", "TPInferenceService")
+    crd = yaml.safe_load(CRD.read_text())
+    assert crd["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    text = (CHART / "examples" / "autoscaling" / example).read_text()
+    assert "tpserve_num_requests_waiting" in text
 
 
 def test_operator_deployment_is_hardened() -> None:

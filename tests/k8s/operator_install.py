@@ -73,9 +73,11 @@ class OperatorInstall:
         self.runs += 1
         pod = {"metadata.name": f"{self.release}-operator-{self.runs}", "metadata.namespace": self.namespace}
         env = {name: pod[path] for name, path in self.field_env.items()}
-        env |= {**self.env, "LIVENESS_PORT": str(_free_port()), **overrides}
+        metrics_port = _free_port()
+        env |= {**self.env, "LIVENESS_PORT": str(_free_port()), "METRICS_PORT": str(metrics_port), **overrides}
         process = OperatorProcess.start(self.command, env, self.kubeconfig(server), log_path)
         process.pod_name = pod["metadata.name"]
+        process.metrics_url = f"http://127.0.0.1:{metrics_port}"
         return process
 
 
@@ -84,6 +86,7 @@ class OperatorProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     pod_name: str = ""  # the replica's identity (its POD_NAME)
+    metrics_url: str = ""  # its Prometheus endpoint (METRICS_PORT)
 
     @classmethod
     def start(cls, command: list[str], env: dict[str, str], kubeconfig: Path, log_path: Path) -> OperatorProcess:
