@@ -18,7 +18,7 @@ from tpserve.core.logs import configure_logging, request_id_var
 from tpserve.engine.launcher import free_port
 from tpserve.testing.metrics_text import samples, scrape_text, value
 
-from .server_process import ServerProcess, poll_until
+from .server_process import ServerProcess, healthy_server, poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,6 +111,26 @@ def test_request_histograms_and_status_counts(group: tuple[ServerProcess, Server
     assert grew("tpserve_http_requests_total", endpoint="/v1/completions", status="200") == 1
     assert grew("tpserve_http_requests_total", endpoint="/v1/completions", status="404") == 1
     assert 0 <= value(after, "tpserve_prefix_cache_hit_rate") <= 1
+
+
+def test_vllm_names_mirror_the_load_gauges_for_gateways(tiny_checkpoint, tmp_path: Path, promtool: str) -> None:
+    args = ["--model", str(tiny_checkpoint("llama")), "--device", "cpu", "--served-model-name", "tiny"]
+    with healthy_server([*args, "--vllm-metric-names"], tmp_path / "server.log") as server:
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0).completions.create(
+            model="tiny", prompt="alias", max_tokens=2
+        )
+        text = scrape_text(server.url)
+    for ours, theirs in (
+        ("tpserve_num_requests_waiting", "vllm:num_requests_waiting"),
+        ("tpserve_num_requests_running", "vllm:num_requests_running"),
+        ("tpserve_kv_cache_usage_perc", "vllm:kv_cache_usage_perc"),
+        ("tpserve_kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    ):
+        assert value(text, theirs, model_name="tiny") == value(text, ours, model_name="tiny"), theirs
+    # vLLM's names break Prometheus' naming rule (':' is for recording rules): that is all promtool finds.
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    complaints = [line for line in (check.stdout + check.stderr).splitlines() if line.strip()]
+    assert complaints and all(c.startswith("vllm:") and "':'" in c for c in complaints), complaints
 
 
 def test_request_id_reaches_the_response_and_the_log_line(group: tuple[ServerProcess, ServerProcess]) -> None:

@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serving.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serving.add_argument(
+        "--vllm-metric-names",
+        action="store_true",
+        help="also expose the load gauges under vLLM's names (vllm:num_requests_waiting, vllm:kv_cache_usage_perc, ...)",
+    )
+    serving.add_argument(
         "--log-format",
         default="text",
         choices=LOG_FORMATS,
@@ -265,6 +270,7 @@ class ServerArgs:
     api_key: str | None
     log_level: str
     log_format: str = "text"
+    vllm_metric_names: bool = False
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
@@ -336,6 +342,7 @@ def server_args(argv: list[str] | None = None) -> ServerArgs:
         api_key=ns.api_key,
         log_level=ns.log_level,
         log_format=ns.log_format,
+        vllm_metric_names=ns.vllm_metric_names,
         tool_call_parser=ns.tool_call_parser,
         reasoning_parser=ns.reasoning_parser,
         max_queued_requests=ns.max_queued_requests,

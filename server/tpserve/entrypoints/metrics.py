@@ -23,7 +23,7 @@ RANK_PHASES = [p.value for p in Phase] + ["missing"]
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, node_rank: int = 0) -> None:
+    def __init__(self, model_name: str, node_rank: int = 0, vllm_names: bool = False) -> None:
         self.registry = CollectorRegistry()
         self.model_name = model_name
         r = self.registry
@@ -106,6 +106,16 @@ class ServerMetrics:
         r.register(self.local_ranks)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, open fds, CPU time
         self._num_pages = 0
+        self.vllm_aliases: VllmAliases | None = None
+        if vllm_names and on_node0:
+            self.vllm_aliases = VllmAliases(model_name)
+            r.register(self.vllm_aliases)
+
+    def observe_load(self, running: int, waiting: int) -> None:
+        self.running.set(running)
+        self.waiting.set(waiting)
+        if self.vllm_aliases is not None:
+            self.vllm_aliases.running, self.vllm_aliases.waiting = running, waiting
 
     def finished(self, finish_reason: str) -> None:
         self._finished.labels(self.model_name, finish_reason).inc()
@@ -123,7 +133,10 @@ class ServerMetrics:
     def observe_cache(self, cache: CacheStats) -> None:
         self.kv_pages_used.set(cache.pages_in_use)
         used = cache.pages_in_use + cache.pages_cached
-        self.kv_usage.set(used / self._num_pages if self._num_pages else 0.0)
+        usage = used / self._num_pages if self._num_pages else 0.0
+        self.kv_usage.set(usage)
+        if self.vllm_aliases is not None:
+            self.vllm_aliases.kv_usage = usage
         queried = cache.prefix_queried_tokens
         self.prefix_hit_rate.set(cache.prefix_hit_tokens / queried if queried else 0.0)
         self.engine_totals.latest = cache
@@ -205,3 +218,25 @@ class LocalRankGauges(Collector):
             for name in RANK_PHASES:
                 phase.add_metric([*key, name], float(status.phase == name))
         yield from (ready, age, phase)
+
+
+class VllmAliases(Collector):
+    """--vllm-metric-names: the load gauges again under vLLM's names, for gateways and autoscalers
+    that only know those (Gateway API Inference Extension's default metric names, for one)."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.running = 0
+        self.waiting = 0
+        self.kv_usage = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation, value in (
+            ("vllm:num_requests_running", "= tpserve_num_requests_running", self.running),
+            ("vllm:num_requests_waiting", "= tpserve_num_requests_waiting", self.waiting),
+            ("vllm:kv_cache_usage_perc", "= tpserve_kv_cache_usage_perc", self.kv_usage),
+            ("vllm:gpu_cache_usage_perc", "= tpserve_kv_cache_usage_perc (vLLM's name before v0.10)", self.kv_usage),
+        ):
+            family = GaugeMetricFamily(name, documentation, labels=["model_name"])
+            family.add_metric([self.model_name], value)
+            yield family

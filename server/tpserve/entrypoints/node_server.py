@@ -62,7 +62,7 @@ class NodeServer:
         if config.node_rank == 0:
             config = with_rendezvous_port(config)
         self.config = config
-        self.metrics = ServerMetrics(args.served_model_name, config.node_rank)
+        self.metrics = ServerMetrics(args.served_model_name, config.node_rank, args.vllm_metric_names)
         if config.node_rank == 0:
             self.metrics.ranks_total.set(config.tp)
         self.ranks: LocalRanks | None = None
@@ -255,8 +255,7 @@ class NodeServer:
         self.metrics.loop_tasks.set(len(asyncio.all_tasks()))
         if self.engine is not None:
             load = self.engine.load
-            self.metrics.running.set(load.running)
-            self.metrics.waiting.set(load.waiting)
+            self.metrics.observe_load(load.running, load.waiting)
             self.metrics.observe_cache(load.cache)
 
     async def _watch(self) -> None:
