@@ -111,6 +111,8 @@ def test_request_histograms_and_status_counts(group: tuple[ServerProcess, Server
     assert grew("tpserve_http_requests_total", endpoint="/v1/completions", status="200") == 1
     assert grew("tpserve_http_requests_total", endpoint="/v1/completions", status="404") == 1
     assert 0 <= value(after, "tpserve_prefix_cache_hit_rate") <= 1
+    capacity = value(after, "tpserve_kv_cache_pages_capacity")
+    assert 0 < value(after, "tpserve_kv_cache_pages_free") <= capacity
 
 
 def test_vllm_names_mirror_the_load_gauges_for_gateways(tiny_checkpoint, tmp_path: Path, promtool: str) -> None:

@@ -39,6 +39,9 @@ class ServerMetrics:
         self.waiting = gauge("tpserve_num_requests_waiting", "Sequences submitted but not running yet")
         self.kv_pages_used = gauge("tpserve_kv_cache_pages_used", "KV cache pages held by requests")
         self.kv_pages_total = gauge("tpserve_kv_cache_pages_capacity", "KV cache pages in all")
+        self.kv_pages_free = gauge(
+            "tpserve_kv_cache_pages_free", "KV pages neither held by a request nor caching a prefix"
+        )
         self.kv_usage = gauge(
             "tpserve_kv_cache_usage_perc",
             "Share of KV pages in use, cached-but-evictable prefix pages counted as used (0-1)",
@@ -133,6 +136,7 @@ class ServerMetrics:
     def observe_cache(self, cache: CacheStats) -> None:
         self.kv_pages_used.set(cache.pages_in_use)
         used = cache.pages_in_use + cache.pages_cached
+        self.kv_pages_free.set(max(0, self._num_pages - used))
         usage = used / self._num_pages if self._num_pages else 0.0
         self.kv_usage.set(usage)
         if self.vllm_aliases is not None:
