@@ -21,9 +21,9 @@ TEXT_FORMAT = "%(asctime)s node%(node)s rank%(rank)s %(levelname)s %(name)s:%(re
 class _ProcessFields(logging.Filter):
     """Stamp every record with where it comes from (and which request it is about)."""
 
-    def __init__(self, node: int, rank: int | None) -> None:
+    def __init__(self, node: int | None, rank: int | None) -> None:
         super().__init__()
-        self.node = node
+        self.node: int | str = "-" if node is None else node
         self.rank = "-" if rank is None else str(rank)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -35,8 +35,9 @@ class _ProcessFields(logging.Filter):
         return True
 
 
-def configure_logging(level: str, log_format: str = "text", node: int = 0, rank: int | None = None) -> None:
-    """Replace the root logger's handlers with one on stderr in `log_format` (idempotent)."""
+def configure_logging(level: str, log_format: str = "text", node: int | None = None, rank: int | None = None) -> None:
+    """Replace the root logger's handlers with one on stderr in `log_format` (idempotent); node and
+    rank "-" where a process is neither (a download before the server starts)."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)
