@@ -5,6 +5,7 @@
 # Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers, with jit_*.tgz
 # from an earlier call when there are some) carried. STEP (default: all, in this order):
 #   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
+#   peerq, peerl   only the Qwen3-0.6B parts, only the Llama-3.1-8B parts (offline and batch-1 decode)
 #   kernels    bench/check_kernels.py (fused kernels vs the torch reference ops, whole-model logits)
 #   graphs     bench/check_cuda_graph.py (graph vs eager decode)
 #   overlap    bench/check_overlap.py (overlap on and off, same tokens)
@@ -14,6 +15,9 @@
 #   decodeq    the same at the Qwen3-0.6B shape, batches 1 and 256
 #   prefill    bench/prefill.py: one 8192-token prompt, Llama-3.1-8B shape (MFU), with its profile
 #   prefix     bench/prefix.py, Llama-3.1-8B shape, radix cache on and off
+#   online     bench/online.py against Mini-SGLang's server and then tpserve's, Llama-3.1-8B shape:
+#              the same client, prompts and settings, chat requests (its server takes no token ids)
+#   gemv       bench/gemv.py: the batch-1 projections by F.linear, torch.mv and W @ x.T
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
 out=$1; deadline=$2; shift 2
@@ -29,9 +33,40 @@ run() {
     gpu_step "$name" "$limit" "$@"
 }
 
+L=bench/shapes/llama-3.1-8b.json
+ONLINE="--shape $L --api chat --concurrency 1,16,64 --input-len 512 --output-len 256 --requests-per-client 2"
+
+# Mini-SGLang's own server on the same shape directory (its dummy weights, flashinfer, page size 16,
+# graphs to batch 256), measured by bench/online.py; then tpserve's server by the same command.
+online_against_peer() {
+    python3 bench/online.py --shape $L --write-model-dir /tmp/llama_words || return
+    local port=31919
+    PYTHONPATH=/tmp/site:$PWD/.peer/mini-sglang/python setsid python3 -m minisgl --model /tmp/llama_words \
+        --dummy-weight --port $port --attn fi --page-size 16 --max-running-requests 256 --cuda-graph-max-bs 256 \
+        --memory-ratio 0.9 --max-prefill-length 8192 > "$out/online_minisgl_server.log" 2>&1 &
+    local peer=$! waited=0
+    until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v1/models', timeout=2)" 2>/dev/null; do
+        if ! kill -0 $peer 2>/dev/null || [ $waited -ge 200 ]; then
+            echo "== online_minisgl: its server is not serving after ${waited}s"; tail -n 20 "$out/online_minisgl_server.log"
+            kill -9 -- -$peer 2>/dev/null; return
+        fi
+        sleep 1; waited=$((waited + 1))
+    done
+    echo "== online_minisgl: its server answers after ${waited}s"
+    GPU_TAIL=8 run online_minisgl 240 python3 bench/online.py $ONLINE --url http://127.0.0.1:$port \
+        --label mini-sglang --startup-timeout 200 --json "$out/online_minisgl.json"
+    kill -- -$peer 2>/dev/null; sleep 5; kill -9 -- -$peer 2>/dev/null; wait $peer 2>/dev/null
+    GPU_TAIL=8 run online_tpserve 240 python3 bench/online.py $ONLINE --label tpserve --startup-timeout 200 \
+        --server-args "--page-size 16 --attn fi --max-prefill-length 8192" \
+        --log "$out/online_tpserve_server.log" --json "$out/online_tpserve.json"
+}
+
 for step in "${steps[@]}"; do
     case $step in
     peer) bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) q:tpserve q:minisgl l:tpserve l:minisgl 2>&1 |
+        grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
+    peerq | peerl) shape=${step#peer}
+        bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) "$shape:tpserve" "$shape:minisgl" 2>&1 |
         grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
     kernels) GPU_TAIL=12 run check_kernels 90 python3 bench/check_kernels.py ;;
     graphs) GPU_TAIL=10 run check_cuda_graph 90 python3 bench/check_cuda_graph.py ;;
@@ -45,6 +80,8 @@ for step in "${steps[@]}"; do
     prefix) GPU_TAIL=6 run prefix 150 python3 bench/prefix.py --device cuda --dtype bfloat16 --attn fi \
         --shape bench/shapes/llama-3.1-8b.json --prompts 32 --questions 8 --system-len 2048 \
         --question-len 32 --output-len 32 --conversations 32 --turns 6 ;;
+    online) online_against_peer ;;
+    gemv) GPU_TAIL=8 run gemv 60 python3 bench/gemv.py --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac
 done

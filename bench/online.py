@@ -6,6 +6,13 @@ level runs that many clients, each sending `--requests-per-client` streaming com
 another (random token-id prompts, ignore_eos, fixed output length). Reports TTFT and inter-token
 latency percentiles and output tokens/s. Prints a table and writes JSON.
 
+`--url URL` measures a server that is already running instead (any OpenAI-compatible one: a peer
+engine's, by the same client, prompts and settings). `--api chat` sends the prompt as one user
+message to /v1/chat/completions (for servers without token-id prompts, such as Mini-SGLang's): with
+a shape, the synthetic tokenizer's chat template renders the message to exactly its words, so the
+prompt has the same tokens either way. `--write-model-dir DIR` only writes the shape's directory
+(config and synthetic tokenizer) for another engine to load, and exits.
+
 `--nnodes N` starts the group as N node processes on this machine (rendezvous on 127.0.0.1; on
 CUDA each node sees its own tp/N GPUs through CUDA_VISIBLE_DEVICES), the way N hosts would run it.
 `--greedy-prompts K` first records the greedy completions of K fixed prompts (in the JSON), so two
@@ -14,6 +21,7 @@ runs, e.g. one node against two, can be compared token for token.
     python bench/online.py --shape bench/shapes/llama-3.1-8b.json --concurrency 1,16,64 --json online.json
     python bench/online.py --model /path/to/tiny --device cpu --concurrency 1,4 --input-len 16 --output-len 8
     python bench/online.py --shape bench/shapes/qwen3-32b.json --tp 4 --nnodes 2 --greedy-prompts 8 --concurrency 16
+    python bench/online.py --shape bench/shapes/llama-3.1-8b.json --api chat --url http://127.0.0.1:1919
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,16 +46,27 @@ from model_dirs import shape_model_dir
 from tpserve.engine.launcher import free_port
 from tpserve.testing.health import wait_healthy
 
+# Renders a conversation to its messages' words only: a chat prompt has exactly the tokens of its text.
+WORDS_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }} {% endfor %}"
+
 
 def synthetic_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """A word-level tokenizer where token i is the word 'w<i>': every generated id streams as text."""
+    """A word-level tokenizer where token i > 1 is the word 'w<i>': every generated id streams as text."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"w{i}": i for i in range(vocab_size)}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
+    # Ids 0 and 1 (unknown, end of text) are special: named so that no word contains them, since
+    # special tokens match anywhere in a text ("w1" would split "w123").
+    vocab = {"<unk>": 0, "</s>": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="w1", unk_token="w0").save_pretrained(str(out_dir))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = WORDS_CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+
+
+def prompt_words(prompt: list[int]) -> str:
+    return " ".join(f"w{token}" for token in prompt)
 
 
 @dataclass
@@ -56,29 +76,49 @@ class RequestTrace:
     output_tokens: int = 0  # from the final usage chunk
 
 
-async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> RequestTrace:
-    body = {
-        "model": "bench",
-        "prompt": prompt,
+def request_body(api: str, model: str, prompt: list[int], output_len: int) -> tuple[str, dict]:
+    """The endpoint and body of one streamed request for `prompt` (token ids)."""
+    body: dict = {
+        "model": model,
         "max_tokens": output_len,
         "temperature": 0,
         "stream": True,
         "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }
+    if api == "chat":
+        return "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": prompt_words(prompt)}]}
+    return "/v1/completions", {**body, "prompt": prompt}
+
+
+def chunk_text(api: str, chunk: dict) -> str:
+    if not chunk.get("choices"):
+        return ""
+    choice = chunk["choices"][0]
+    return (choice.get("delta") or {}).get("content") or "" if api == "chat" else choice.get("text") or ""
+
+
+async def one_request(
+    client: httpx.AsyncClient, api: str, model: str, prompt: list[int], output_len: int
+) -> RequestTrace:
+    path, body = request_body(api, model, prompt, output_len)
     started = time.perf_counter()
     last = started
     trace: RequestTrace | None = None
-    async with client.stream("POST", "/v1/completions", json=body) as response:
+    words = 0  # tokens streamed, for a server that reports no usage (each token is one word)
+    usage_tokens = None
+    async with client.stream("POST", path, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith("data: ") or line.strip() == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("usage") and trace is not None:
-                trace.output_tokens = chunk["usage"]["completion_tokens"]
-            if not chunk["choices"] or not chunk["choices"][0]["text"]:
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"]["completion_tokens"]
+            text = chunk_text(api, chunk)
+            if not text:
                 continue
+            words += len(text.split())
             now = time.perf_counter()
             if trace is None:
                 trace = RequestTrace(ttft_s=now - started)
@@ -87,21 +127,29 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: 
             last = now
     if trace is None:
         raise RuntimeError("a request streamed no text")
+    trace.output_tokens = usage_tokens if usage_tokens is not None else words
     return trace
 
 
+@dataclass(frozen=True)
+class Target:
+    base_url: str
+    api: str  # completions or chat
+    model: str  # the served model name the requests carry
+
+
 async def run_level(
-    base_url: str, concurrency: int, requests_per_client: int, input_len: int, output_len: int, vocab: int
+    target: Target, concurrency: int, requests_per_client: int, input_len: int, output_len: int, vocab: int
 ) -> dict:
     rng = random.Random(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(base_url=target.base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
 
         async def client_loop() -> list[RequestTrace]:
             traces = []
             for _ in range(requests_per_client):
                 prompt = [rng.randrange(2, vocab) for _ in range(input_len)]
-                traces.append(await one_request(client, prompt, output_len))
+                traces.append(await one_request(client, target.api, target.model, prompt, output_len))
             return traces
 
         started = time.perf_counter()
@@ -191,11 +239,34 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[index]
 
 
+def wait_serving(base_url: str, timeout_s: float) -> None:
+    """Until a server started elsewhere answers /v1/models."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/v1/models", timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{base_url} did not answer /v1/models in {timeout_s:.0f}s")
+        time.sleep(1)
+
+
+def measure(target: Target, args: argparse.Namespace, levels: list[int], vocab: int) -> list[dict]:
+    lengths = (args.input_len, args.output_len, vocab)
+    asyncio.run(run_level(target, 1, 1, *lengths))  # warm-up
+    return [asyncio.run(run_level(target, level, args.requests_per_client, *lengths)) for level in levels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="a model directory with weights and tokenizer")
     source.add_argument("--shape", type=Path, help="a config.json: dummy weights, synthetic tokenizer")
+    parser.add_argument("--url", help="measure the OpenAI-compatible server running there (starts none)")
+    parser.add_argument("--api", choices=("completions", "chat"), default="completions")
+    parser.add_argument("--served-model", default="bench", help="the model name the requests carry")
+    parser.add_argument("--label", default="tpserve", help="the engine's name in the table and JSON")
+    parser.add_argument("--write-model-dir", type=Path, help="write the shape's model directory here and exit")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--nnodes", type=int, default=1, help="run the group as this many node processes")
     parser.add_argument(
@@ -212,6 +283,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.api == "chat" and args.shape is None:
+        parser.error("--api chat needs --shape: its prompts are words of the synthetic tokenizer")
+    if args.write_model_dir is not None:
+        if args.shape is None:
+            parser.error("--write-model-dir needs --shape")
+        args.write_model_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(args.shape, args.write_model_dir / "config.json")
+        synthetic_tokenizer(args.write_model_dir, json.loads(args.shape.read_text())["vocab_size"])
+        return
+    greedy: list[str] = []
     with contextlib.ExitStack() as stack:
         if args.shape is not None:
             model_dir = stack.enter_context(shape_model_dir(args.shape))
@@ -220,25 +301,30 @@ def main() -> None:
         else:
             model_dir, extra = args.model, []
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-        log = open(args.log, "w") if args.log else subprocess.DEVNULL
-        base_url, nodes = start_nodes(args, model_dir, extra, log)
-        try:
-            wait_healthy(base_url, nodes[0], args.startup_timeout)
-            greedy = greedy_completions(base_url, args.greedy_prompts, vocab, args.input_len, min(32, args.output_len))
-            lengths = (args.input_len, args.output_len, vocab)
-            asyncio.run(run_level(base_url, 1, 1, *lengths))  # warm-up
-            rows = [asyncio.run(run_level(base_url, level, args.requests_per_client, *lengths)) for level in levels]
-        finally:
-            for node in reversed(nodes):
-                node.terminate()
-            for node in nodes:
-                try:
-                    node.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    node.kill()
+        if args.url is not None:
+            target = Target(args.url.rstrip("/"), args.api, args.served_model)
+            wait_serving(target.base_url, args.startup_timeout)
+            rows = measure(target, args, levels, vocab)
+        else:
+            log = open(args.log, "w") if args.log else subprocess.DEVNULL
+            base_url, nodes = start_nodes(args, model_dir, extra, log)
+            try:
+                wait_healthy(base_url, nodes[0], args.startup_timeout)
+                greedy = greedy_completions(
+                    base_url, args.greedy_prompts, vocab, args.input_len, min(32, args.output_len)
+                )
+                rows = measure(Target(base_url, args.api, "bench"), args, levels, vocab)
+            finally:
+                for node in reversed(nodes):
+                    node.terminate()
+                for node in nodes:
+                    try:
+                        node.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        node.kill()
     print(
-        f"online, tp={args.tp}, nnodes={args.nnodes}, input {args.input_len}, output {args.output_len} tokens, "
-        f"{args.requests_per_client} requests per client"
+        f"online, {args.label}, {args.api}, tp={args.tp}, nnodes={args.nnodes}, input {args.input_len}, "
+        f"output {args.output_len} tokens, {args.requests_per_client} requests per client"
     )
     print(
         f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)"
@@ -249,6 +335,8 @@ def main() -> None:
             f"{r['ttft_p99_ms']:>8.1f}{r['itl_p50_ms']:>9.2f}{r['itl_p90_ms']:>8.2f}{r['itl_p99_ms']:>8.2f}"
         )
     if args.json:
+        for row in rows:
+            row["engine"], row["api"] = args.label, args.api
         result = (
             {"tp": args.tp, "nnodes": args.nnodes, "levels": rows, "greedy": greedy} if args.greedy_prompts else rows
         )

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tpserve.engine.launcher import free_port
+from tpserve.testing.health import wait_healthy
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -105,6 +108,57 @@ def test_online_bench_runs_a_group_as_two_nodes_with_the_same_greedy_output(tmp_
     assert (two["tp"], two["nnodes"]) == (2, 2) and two["levels"][0]["requests"] == 2
     assert len(one["greedy"]) == 2 and all(one["greedy"])
     assert two["greedy"] == one["greedy"]
+
+
+def test_online_bench_measures_a_running_server_by_url_through_chat(tmp_path: Path, tiny_checkpoint) -> None:
+    """The way a peer's server is measured: the shape's directory written for it, the server started
+    apart, the same client pointed at its URL with chat prompts (and no usage needed to count)."""
+    shape = tmp_path / "shape.json"
+    shape.write_text((tiny_checkpoint("llama") / "config.json").read_text())
+    model_dir = tmp_path / "model"
+    run_bench("online.py", "--shape", str(shape), "--write-model-dir", str(model_dir))
+    port = free_port()
+    flags = ["--load-format", "dummy", "--device", "cpu", "--port", str(port), "--served-model-name", "peer"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tpserve", "--model", str(model_dir), *flags, "--context-length", "64"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server, 300)
+        out = tmp_path / "online.json"
+        proc = run_bench(
+            "online.py",
+            "--shape",
+            str(shape),
+            "--url",
+            url,
+            "--api",
+            "chat",
+            "--served-model",
+            "peer",
+            "--label",
+            "other-engine",
+            "--concurrency",
+            "2",
+            "--requests-per-client",
+            "2",
+            "--input-len",
+            "10",
+            "--output-len",
+            "5",
+            "--json",
+            str(out),
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert "other-engine, chat" in proc.stdout
+    [level] = json.loads(out.read_text())
+    assert (level["engine"], level["api"], level["requests"]) == ("other-engine", "chat", 4)
+    assert level["output_tokens_per_s"] * level["seconds"] == pytest.approx(4 * 5)
+    assert level["ttft_p50_ms"] > 0 and level["itl_p50_ms"] > 0
 
 
 def test_prefix_bench_computes_fewer_prompt_tokens_with_the_cache(tmp_path: Path) -> None:

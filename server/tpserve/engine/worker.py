@@ -43,7 +43,7 @@ from .messages import (
 from .runner import ModelRunner
 from .sampling import PendingPromptLogprobs, PendingSamples, Sampler
 from .scheduler import FinishReason, RequestError, ScheduledStep, Scheduler, SchedulerLimits, Sequence, StepOutput
-from .step_times import HOST_PROFILE_ENV, StepTimes, host_profile
+from .step_times import HOST_PROFILE_ENV, GpuSpan, StepTimes, host_profile
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ class InFlight:
     step: ScheduledStep
     samples: PendingSamples | None
     prompt_logprobs: PendingPromptLogprobs | None = None
+    gpu: GpuSpan | None = None
 
 
 class LeaderLoop:
@@ -167,7 +168,7 @@ class LeaderLoop:
         self.group = group
         self.overlap = not config.disable_overlap_schedule
         self.in_flight: InFlight | None = None
-        self.times = StepTimes()
+        self.times = StepTimes(group.device)
         self.eos_token_ids = runner.model_config.eos_token_ids
         self.grammar = GrammarBackend(config.load_tokenizer, runner.model_config.vocab_size)
         self.compiling: dict[str, tuple[AddRequest, Future[GrammarState]]] = {}
@@ -271,6 +272,14 @@ class LeaderLoop:
             self.in_flight = None
 
     def _launch(self, step: ScheduledStep) -> InFlight:
+        gpu = self.times.gpu_span()
+        launched = self._launch_step(step)
+        if gpu is not None:
+            gpu.close()
+            launched.gpu = gpu
+        return launched
+
+    def _launch_step(self, step: ScheduledStep) -> InFlight:
         batch = step.batch
         self.group.broadcast_object(batch)
         logits = self.runner.forward(batch)
@@ -312,6 +321,7 @@ class LeaderLoop:
         results = launched.samples.results() if launched.samples is not None else []
         prompt = launched.prompt_logprobs.results() if launched.prompt_logprobs is not None else None
         self.times.lap("wait")
+        self.times.count_gpu(launched.gpu)
         self._report(self.scheduler.update(launched.step, results, prompt))
         self.times.lap("update")
         self.times.count(launched.step.batch.is_decode_only)
