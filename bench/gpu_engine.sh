@@ -17,6 +17,7 @@
 #   prefix     bench/prefix.py, Llama-3.1-8B shape, radix cache on and off
 #   online     bench/online.py against Mini-SGLang's server and then tpserve's, Llama-3.1-8B shape:
 #              the same client, prompts and settings, chat requests (its server takes no token ids)
+#   onlineprefix   the same with shared prefixes: 4 system prompts of 448 tokens + 64 own tokens each
 #   gemv       bench/gemv.py: the batch-1 projections by F.linear, torch.mv and W @ x.T
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
@@ -38,27 +39,29 @@ ONLINE="--shape $L --api chat --concurrency 1,16,64 --input-len 512 --output-len
 
 # Mini-SGLang's own server on the same shape directory (its dummy weights, flashinfer, page size 16,
 # graphs to batch 256), measured by bench/online.py; then tpserve's server by the same command.
+#   online_against_peer NAME [BENCH FLAG...]   results in OUT/NAME_{minisgl,tpserve}.json
 online_against_peer() {
+    local name=$1; shift
     python3 bench/online.py --shape $L --write-model-dir /tmp/llama_words || return
     local port=31919
     PYTHONPATH=/tmp/site:$PWD/.peer/mini-sglang/python setsid python3 -m minisgl --model /tmp/llama_words \
         --dummy-weight --port $port --attn fi --page-size 16 --max-running-requests 256 --cuda-graph-max-bs 256 \
-        --memory-ratio 0.9 --max-prefill-length 8192 > "$out/online_minisgl_server.log" 2>&1 &
+        --memory-ratio 0.9 --max-prefill-length 8192 > "$out/${name}_minisgl_server.log" 2>&1 &
     local peer=$! waited=0
     until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v1/models', timeout=2)" 2>/dev/null; do
         if ! kill -0 $peer 2>/dev/null || [ $waited -ge 200 ]; then
-            echo "== online_minisgl: its server is not serving after ${waited}s"; tail -n 20 "$out/online_minisgl_server.log"
+            echo "== ${name}_minisgl: its server is not serving after ${waited}s"; tail -n 20 "$out/${name}_minisgl_server.log"
             kill -9 -- -$peer 2>/dev/null; return
         fi
         sleep 1; waited=$((waited + 1))
     done
-    echo "== online_minisgl: its server answers after ${waited}s"
-    GPU_TAIL=8 run online_minisgl 240 python3 bench/online.py $ONLINE --url http://127.0.0.1:$port \
-        --label mini-sglang --startup-timeout 200 --json "$out/online_minisgl.json"
+    echo "== ${name}_minisgl: its server answers after ${waited}s"
+    GPU_TAIL=8 run "${name}_minisgl" 240 python3 bench/online.py $ONLINE "$@" --url http://127.0.0.1:$port \
+        --label mini-sglang --startup-timeout 200 --json "$out/${name}_minisgl.json"
     kill -- -$peer 2>/dev/null; sleep 5; kill -9 -- -$peer 2>/dev/null; wait $peer 2>/dev/null
-    GPU_TAIL=8 run online_tpserve 240 python3 bench/online.py $ONLINE --label tpserve --startup-timeout 200 \
+    GPU_TAIL=8 run "${name}_tpserve" 240 python3 bench/online.py $ONLINE "$@" --label tpserve --startup-timeout 200 \
         --server-args "--page-size 16 --attn fi --max-prefill-length 8192" \
-        --log "$out/online_tpserve_server.log" --json "$out/online_tpserve.json"
+        --log "$out/${name}_tpserve_server.log" --json "$out/${name}_tpserve.json"
 }
 
 for step in "${steps[@]}"; do
@@ -80,7 +83,8 @@ for step in "${steps[@]}"; do
     prefix) GPU_TAIL=6 run prefix 150 python3 bench/prefix.py --device cuda --dtype bfloat16 --attn fi \
         --shape bench/shapes/llama-3.1-8b.json --prompts 32 --questions 8 --system-len 2048 \
         --question-len 32 --output-len 32 --conversations 32 --turns 6 ;;
-    online) online_against_peer ;;
+    online) online_against_peer online ;;
+    onlineprefix) online_against_peer online_prefix --shared-prefix 448 --prefix-groups 4 ;;
     gemv) GPU_TAIL=8 run gemv 60 python3 bench/gemv.py --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac

@@ -11,7 +11,9 @@ engine's, by the same client, prompts and settings). `--api chat` sends the prom
 message to /v1/chat/completions (for servers without token-id prompts, such as Mini-SGLang's): with
 a shape, the synthetic tokenizer's chat template renders the message to exactly its words, so the
 prompt has the same tokens either way. `--write-model-dir DIR` only writes the shape's directory
-(config and synthetic tokenizer) for another engine to load, and exits.
+(config and synthetic tokenizer) for another engine to load, and exits. `--shared-prefix N` starts
+every prompt with one of `--prefix-groups` fixed N-token prefixes (client i takes prefix i mod G):
+system prompts, for engines with a prefix cache.
 
 `--nnodes N` starts the group as N node processes on this machine (rendezvous on 127.0.0.1; on
 CUDA each node sees its own tp/N GPUs through CUDA_VISIBLE_DEVICES), the way N hosts would run it.
@@ -138,22 +140,42 @@ class Target:
     model: str  # the served model name the requests carry
 
 
+@dataclass(frozen=True)
+class SharedPrefixes:
+    """Prompts that start with one of `groups` fixed prefixes of `length` tokens (system prompts)."""
+
+    length: int = 0
+    groups: int = 4
+
+    def prefixes(self, vocab: int) -> list[list[int]]:
+        rng = random.Random(4321)  # the same prefixes in every run, for every engine
+        return [[rng.randrange(2, vocab) for _ in range(self.length)] for _ in range(self.groups)]
+
+
 async def run_level(
-    target: Target, concurrency: int, requests_per_client: int, input_len: int, output_len: int, vocab: int
+    target: Target,
+    concurrency: int,
+    requests_per_client: int,
+    input_len: int,
+    output_len: int,
+    vocab: int,
+    shared: SharedPrefixes = SharedPrefixes(),
 ) -> dict:
     rng = random.Random(concurrency)
+    prefixes = shared.prefixes(vocab) if shared.length else []
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=target.base_url, timeout=httpx.Timeout(600.0), limits=limits) as client:
 
-        async def client_loop() -> list[RequestTrace]:
+        async def client_loop(index: int) -> list[RequestTrace]:
             traces = []
+            head = prefixes[index % len(prefixes)] if prefixes else []
             for _ in range(requests_per_client):
-                prompt = [rng.randrange(2, vocab) for _ in range(input_len)]
+                prompt = head + [rng.randrange(2, vocab) for _ in range(input_len - len(head))]
                 traces.append(await one_request(client, target.api, target.model, prompt, output_len))
             return traces
 
         started = time.perf_counter()
-        results = await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        results = await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     traces = [t for per_client in results for t in per_client]
     ttft = sorted(t.ttft_s * 1e3 for t in traces)
@@ -163,6 +185,7 @@ async def run_level(
         "requests": len(traces),
         "input_len": input_len,
         "output_len": output_len,
+        "shared_prefix": shared.length,
         "seconds": elapsed,
         "output_tokens_per_s": sum(t.output_tokens for t in traces) / elapsed,
         **{f"ttft_p{p}_ms": percentile(ttft, p) for p in (50, 90, 99)},
@@ -253,8 +276,9 @@ def wait_serving(base_url: str, timeout_s: float) -> None:
 
 def measure(target: Target, args: argparse.Namespace, levels: list[int], vocab: int) -> list[dict]:
     lengths = (args.input_len, args.output_len, vocab)
-    asyncio.run(run_level(target, 1, 1, *lengths))  # warm-up
-    return [asyncio.run(run_level(target, level, args.requests_per_client, *lengths)) for level in levels]
+    shared = SharedPrefixes(args.shared_prefix, args.prefix_groups)
+    asyncio.run(run_level(target, 1, 1, *lengths))  # warm-up (no shared prefix: nothing cached ahead)
+    return [asyncio.run(run_level(target, level, args.requests_per_client, *lengths, shared)) for level in levels]
 
 
 def main() -> None:
@@ -277,12 +301,22 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument(
+        "--shared-prefix",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every prompt starts with one of a few N-token prefixes",
+    )
+    parser.add_argument("--prefix-groups", type=int, default=4, help="how many different shared prefixes")
     parser.add_argument("--server-args", default="", help="extra flags for the server, one string")
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--log", type=Path, help="where the server's output goes (default: discarded)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if not 0 <= args.shared_prefix < args.input_len or args.prefix_groups < 1:
+        parser.error("--shared-prefix must be below --input-len, and --prefix-groups at least 1")
     if args.api == "chat" and args.shape is None:
         parser.error("--api chat needs --shape: its prompts are words of the synthetic tokenizer")
     if args.write_model_dir is not None:
@@ -325,6 +359,7 @@ def main() -> None:
     print(
         f"online, {args.label}, {args.api}, tp={args.tp}, nnodes={args.nnodes}, input {args.input_len}, "
         f"output {args.output_len} tokens, {args.requests_per_client} requests per client"
+        + (f", shared prefixes {args.prefix_groups} x {args.shared_prefix} tokens" if args.shared_prefix else "")
     )
     print(
         f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)"

@@ -56,7 +56,7 @@ def main() -> None:
         after = wait_quiet(url)
     rows = [
         ("clients", args.clients),
-        ("seconds", args.seconds),
+        ("seconds", round(report.seconds, 1)),
         *((f"requests: {b}", n) for b, n in sorted(report.requests.items())),
         ("completed and checked", report.completed),
         ("disconnected mid-request", report.disconnected),

@@ -97,7 +97,7 @@ MULTIPLE_CHOICE = [
 ]
 
 
-@pytest.mark.parametrize("llm", [1], indirect=True, ids=["tp1"])  # scoring is exact at any tp (test_prompt_logprobs)
+# At both tp (cheap), so that it shares the engines the other tests start rather than starting its own.
 def test_multiple_choice_by_prompt_log_likelihood(llm: LLM) -> None:
     assert llm.tokenizer is not None
     prompts, spans = [], []

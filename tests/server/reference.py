@@ -19,10 +19,15 @@ def hf_model(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
 
 def hf_greedy(path: Path, prompt: list[int], max_new_tokens: int) -> list[int]:
     """transformers' greedy continuation, one prompt at a time (no padding to perturb it)."""
+    return list(_hf_greedy(path, tuple(prompt), max_new_tokens))
+
+
+@lru_cache(maxsize=64)  # the same reference serves every tp a test runs at
+def _hf_greedy(path: Path, prompt: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
     model = hf_model(path)
     with torch.no_grad():
         out = model.generate(
-            torch.tensor([prompt]),
+            torch.tensor([list(prompt)]),
             attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -31,7 +36,7 @@ def hf_greedy(path: Path, prompt: list[int], max_new_tokens: int) -> list[int]:
         )
     tokens = out[0, len(prompt) :].tolist()
     assert len(tokens) == max_new_tokens, "transformers stopped early; the comparison needs full length"
-    return tokens
+    return tuple(tokens)
 
 
 def hf_next_token_logprobs(path: Path, prompt: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -11,6 +11,7 @@ import pytest
 
 from tpserve.engine.launcher import free_port
 from tpserve.testing.health import wait_healthy
+from tpserve.testing.metrics_text import scrape_value
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,18 +146,24 @@ def test_online_bench_measures_a_running_server_by_url_through_chat(tmp_path: Pa
             "--requests-per-client",
             "2",
             "--input-len",
-            "10",
+            "40",
             "--output-len",
             "5",
+            "--shared-prefix",
+            "32",  # two pages of 16 tokens: what the radix cache can share
+            "--prefix-groups",
+            "1",
             "--json",
             str(out),
         )
+        cached = scrape_value(url, "tpserve_prefix_cache_hit_tokens_total")
     finally:
         server.terminate()
         server.wait(timeout=60)
     assert "other-engine, chat" in proc.stdout
     [level] = json.loads(out.read_text())
-    assert (level["engine"], level["api"], level["requests"]) == ("other-engine", "chat", 4)
+    assert (level["engine"], level["api"], level["requests"], level["shared_prefix"]) == ("other-engine", "chat", 4, 32)
+    assert cached > 0, "the requests after the first start from the shared prefix in the cache"
     assert level["output_tokens_per_s"] * level["seconds"] == pytest.approx(4 * 5)
     assert level["ttft_p50_ms"] > 0 and level["itl_p50_ms"] > 0
 

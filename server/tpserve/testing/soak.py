@@ -137,10 +137,26 @@ async def _one_request(http: httpx.AsyncClient, rng: random.Random, behaviour: s
     report.completed += 1
 
 
-async def _client(url: str, seed: int, deadline: float, report: SoakReport) -> None:
+@dataclass(frozen=True)
+class Until:
+    """When clients stop starting requests: after `deadline`, once `min_requests` have ended
+    (answered or walked away from), and in any case at `hard_deadline`."""
+
+    deadline: float
+    min_requests: int
+    hard_deadline: float
+
+    def more(self, report: SoakReport) -> bool:
+        now = time.monotonic()
+        if now >= self.hard_deadline:
+            return False
+        return now < self.deadline or report.completed + report.disconnected < self.min_requests
+
+
+async def _client(url: str, seed: int, until: Until, report: SoakReport) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120)) as http:
-        while time.monotonic() < deadline:
+        while until.more(report):
             behaviour = rng.choices(BEHAVIOURS, WEIGHTS)[0]
             report.requests[behaviour] += 1
             try:
@@ -152,10 +168,14 @@ async def _client(url: str, seed: int, deadline: float, report: SoakReport) -> N
                 report.malformed.append(f"{behaviour}: {type(exc).__name__}: {exc}")
 
 
-async def soak(url: str, clients: int, seconds: float, seed: int = 0) -> SoakReport:
+async def soak(url: str, clients: int, seconds: float, seed: int = 0, min_requests: int = 0) -> SoakReport:
+    """`clients` clients for `seconds`, and on past it until `min_requests` requests have ended (so a
+    slow machine soaks as many requests as a fast one, for longer; at most 10x `seconds`)."""
     report = SoakReport(clients, seconds)
-    deadline = time.monotonic() + seconds
-    await asyncio.gather(*(_client(url, seed * 100_003 + i, deadline, report) for i in range(clients)))
+    started = time.monotonic()
+    until = Until(started + seconds, min_requests, started + 10 * seconds)
+    await asyncio.gather(*(_client(url, seed * 100_003 + i, until, report) for i in range(clients)))
+    report.seconds = time.monotonic() - started
     return report
 
 
