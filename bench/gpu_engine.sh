@@ -56,10 +56,10 @@ online_against_peer() {
         sleep 1; waited=$((waited + 1))
     done
     echo "== ${name}_minisgl: its server answers after ${waited}s"
-    GPU_TAIL=8 run "${name}_minisgl" 240 python3 bench/online.py $ONLINE "$@" --url http://127.0.0.1:$port \
+    GPU_TAIL=8 run "${name}_minisgl" 100 python3 bench/online.py $ONLINE "$@" --url http://127.0.0.1:$port \
         --label mini-sglang --startup-timeout 200 --json "$out/${name}_minisgl.json"
     kill -- -$peer 2>/dev/null; sleep 5; kill -9 -- -$peer 2>/dev/null; wait $peer 2>/dev/null
-    GPU_TAIL=8 run "${name}_tpserve" 240 python3 bench/online.py $ONLINE "$@" --label tpserve --startup-timeout 200 \
+    GPU_TAIL=8 run "${name}_tpserve" 100 python3 bench/online.py $ONLINE "$@" --label tpserve --startup-timeout 200 \
         --server-args "--page-size 16 --attn fi --max-prefill-length 8192" \
         --log "$out/${name}_tpserve_server.log" --json "$out/${name}_tpserve.json"
 }
