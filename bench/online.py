@@ -94,10 +94,12 @@ def request_body(api: str, model: str, prompt: list[int], output_len: int) -> tu
 
 
 def chunk_text(api: str, chunk: dict) -> str:
+    """The text a streamed chunk adds: a chat delta's content, or a completion's text."""
     if not chunk.get("choices"):
         return ""
     choice = chunk["choices"][0]
-    return (choice.get("delta") or {}).get("content") or "" if api == "chat" else choice.get("text") or ""
+    text = (choice.get("delta") or {}).get("content") if api == "chat" else choice.get("text")
+    return text or ""
 
 
 async def one_request(

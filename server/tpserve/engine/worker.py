@@ -320,8 +320,8 @@ class LeaderLoop:
     def _read_back(self, launched: InFlight) -> None:
         results = launched.samples.results() if launched.samples is not None else []
         prompt = launched.prompt_logprobs.results() if launched.prompt_logprobs is not None else None
+        self.times.count_gpu(launched.gpu)  # may wait out the step's last kernels: part of "wait"
         self.times.lap("wait")
-        self.times.count_gpu(launched.gpu)
         self._report(self.scheduler.update(launched.step, results, prompt))
         self.times.lap("update")
         self.times.count(launched.step.batch.is_decode_only)
