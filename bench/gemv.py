@@ -1,13 +1,14 @@
-"""Batch-1 projections: which torch call reads a weight fastest (GPU).
+"""Decode-step projections at batch 1-4: cuBLAS against tpserve's skinny Triton kernel (GPU).
 
-A batch-1 decode step is a chain of matrix-vector products; cuBLAS picks a split-K GEMM plus a
-reduction kernel for some of them (down and O projections at the Llama-3.1-8B shape). This times, for
-each projection of a shape at tp=1, `F.linear(x, W)` (what the model runs), `torch.mv(W, x)` and
-`W @ x.T` on one token, each as 20 calls captured in one CUDA graph (as the decode graph runs them),
-and prints µs per call and the bandwidth it reaches reading W. Every form is checked against
-`F.linear`'s result.
+A batch-1 decode step is a chain of matrix-vector products; cuBLAS reads the large weights at
+~4.1 TB/s but the small QKV and O ones at ~3.2 TB/s, with a split-K reduction kernel for some
+(down and O at the Llama-3.1-8B shape). This times, for each projection of a shape at tp=1 and each
+row count, `F.linear(x, W)` (cuBLAS), the skinny kernel autotuned (what the model runs with TPSERVE_SKINNY_GEMM=1)
+and the kernel at every one of its tuning configurations, each as 20 calls captured in one CUDA
+graph (as the decode graph runs them), and prints µs per call and the bandwidth reading W. Every
+result is checked against F.linear's.
 
-    python bench/gemv.py --shape bench/shapes/llama-3.1-8b.json --json gemv.json
+    python bench/gemv.py --shape bench/shapes/llama-3.1-8b.json --rows 1,4 --json gemv.json
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from tpserve.layers import skinny_gemm
 
 CALLS_PER_GRAPH = 20
 REPLAYS = 30
@@ -65,42 +68,57 @@ def graph_time_us(fn: Callable[[], torch.Tensor]) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def check(name: str, got: torch.Tensor, reference: torch.Tensor) -> None:
+    error = (got.float() - reference.float()).abs().max().item()
+    scale = reference.float().abs().max().item()
+    if error > 2e-2 * scale:
+        raise SystemExit(f"{name} differs from F.linear by {error:.3g} (scale {scale:.3g})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=Path, default=Path(__file__).parent / "shapes" / "llama-3.1-8b.json")
+    parser.add_argument("--rows", default="1,4", help="rows of x (decode batch sizes), comma-separated")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = json.loads(args.shape.read_text())
     torch.manual_seed(0)
-    rows = []
-    print(f"{'weight':>8}{'N x K':>16}{'linear us':>11}{'mv us':>9}{'W@x.T us':>10}{'linear TB/s':>13}{'mv TB/s':>9}")
+    results = []
+    print(
+        f"{'weight':>8}{'rows':>5}{'N x K':>16}{'cuBLAS us':>11}{'skinny us':>11}{'best config':>22}{'us':>7}"
+        f"{'cuBLAS TB/s':>13}{'skinny TB/s':>13}"
+    )
     for name, (n, k) in projections(config).items():
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        reference = F.linear(x, weight)
-        forms: dict[str, Callable[[], torch.Tensor]] = {
-            "linear": lambda w=weight, v=x: F.linear(v, w),
-            "mv": lambda w=weight, v=x: torch.mv(w, v[0]),
-            "w_xt": lambda w=weight, v=x: w @ v.T,
-        }
-        row: dict = {"weight": name, "n": n, "k": k}
-        for form, fn in forms.items():
-            error = (fn().reshape(1, n).float() - reference.float()).abs().max().item()
-            scale = reference.float().abs().max().item()
-            if error > 2e-2 * scale:
-                raise SystemExit(f"{name}: {form} differs from F.linear by {error:.3g} (scale {scale:.3g})")
-            row[f"{form}_us"] = graph_time_us(fn)
-        bytes_read = n * k * 2
-        row["linear_tb_s"] = bytes_read / row["linear_us"] / 1e6
-        row["mv_tb_s"] = bytes_read / row["mv_us"] / 1e6
-        rows.append(row)
-        print(
-            f"{name:>8}{f'{n} x {k}':>16}{row['linear_us']:>11.1f}{row['mv_us']:>9.1f}{row['w_xt_us']:>10.1f}"
-            f"{row['linear_tb_s']:>13.2f}{row['mv_tb_s']:>9.2f}"
-        )
+        for rows in (int(r) for r in args.rows.split(",")):
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            reference = F.linear(x, weight)
+            check(f"{name} skinny", skinny_gemm.skinny_linear(x, weight), reference)
+            row: dict = {"weight": name, "rows": rows, "n": n, "k": k}
+            row["linear_us"] = graph_time_us(lambda w=weight, v=x: F.linear(v, w))
+            row["skinny_us"] = graph_time_us(lambda w=weight, v=x: skinny_gemm.skinny_linear(v, w))
+            configs = {}
+            for block_n, block_k, warps, stages in skinny_gemm.TUNING_CONFIGS:
+                label = f"{block_n}x{block_k} w{warps} s{stages}"
+                blocks = (block_n, block_k)
+                fn = lambda w=weight, v=x, b=blocks, nw=warps, ns=stages: skinny_gemm.skinny_linear(  # noqa: E731
+                    v, w, blocks=b, num_warps=nw, num_stages=ns
+                )
+                check(f"{name} {label}", fn(), reference)
+                configs[label] = graph_time_us(fn)
+            row["configs_us"] = configs
+            best = min(configs, key=configs.__getitem__)
+            bytes_read = n * k * 2
+            row["linear_tb_s"] = bytes_read / row["linear_us"] / 1e6
+            row["skinny_tb_s"] = bytes_read / row["skinny_us"] / 1e6
+            results.append(row)
+            print(
+                f"{name:>8}{rows:>5}{f'{n} x {k}':>16}{row['linear_us']:>11.1f}{row['skinny_us']:>11.1f}{best:>22}"
+                f"{configs[best]:>7.1f}{row['linear_tb_s']:>13.2f}{row['skinny_tb_s']:>13.2f}"
+            )
         del weight
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

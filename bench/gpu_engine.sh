@@ -6,6 +6,7 @@
 # from an earlier call when there are some) carried. STEP (default: all, in this order):
 #   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
 #   peerq, peerl   only the Qwen3-0.6B parts, only the Llama-3.1-8B parts (offline and batch-1 decode)
+#   peerlskinny    tpserve's Llama-3.1-8B part again with TPSERVE_SKINNY_GEMM=1 (the Triton kernel at batch 1-4)
 #   kernels    bench/check_kernels.py (fused kernels vs the torch reference ops, whole-model logits)
 #   graphs     bench/check_cuda_graph.py (graph vs eager decode)
 #   overlap    bench/check_overlap.py (overlap on and off, same tokens)
@@ -18,7 +19,7 @@
 #   online     bench/online.py against Mini-SGLang's server and then tpserve's, Llama-3.1-8B shape:
 #              the same client, prompts and settings, chat requests (its server takes no token ids)
 #   onlineprefix   the same with shared prefixes: 4 system prompts of 448 tokens + 64 own tokens each
-#   gemv       bench/gemv.py: the batch-1 projections by F.linear, torch.mv and W @ x.T
+#   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
 out=$1; deadline=$2; shift 2
@@ -71,6 +72,8 @@ for step in "${steps[@]}"; do
     peerq | peerl) shape=${step#peer}
         bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) "$shape:tpserve" "$shape:minisgl" 2>&1 |
         grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
+    peerlskinny) TPSERVE_SKINNY_GEMM=1 bash .peer/run.sh "$out/peer_skinny" $((deadline - SECONDS - 10)) l:tpserve 2>&1 |
+        grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
     kernels) GPU_TAIL=12 run check_kernels 90 python3 bench/check_kernels.py ;;
     graphs) GPU_TAIL=10 run check_cuda_graph 90 python3 bench/check_cuda_graph.py ;;
     overlap) GPU_TAIL=4 run check_overlap 120 python3 bench/check_overlap.py ;;
@@ -85,7 +88,7 @@ for step in "${steps[@]}"; do
         --question-len 32 --output-len 32 --conversations 32 --turns 6 ;;
     online) online_against_peer online ;;
     onlineprefix) online_against_peer online_prefix --shared-prefix 448 --prefix-groups 4 ;;
-    gemv) GPU_TAIL=8 run gemv 60 python3 bench/gemv.py --json "$out/gemv.json" ;;
+    gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac
 done

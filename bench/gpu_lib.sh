@@ -26,12 +26,14 @@ gpu_restore_jit() {
     for cache in "$1"/jit_*.tgz; do [ -f "$cache" ] && tar xzf "$cache" -C "$HOME" && echo "restored $(basename "$cache")"; done
 }
 
-# gpu_save_jit OUT_DIR: the JIT caches as they are now, one archive per library (< 16 MiB each).
+# gpu_save_jit OUT_DIR: the JIT caches as they are now (flashinfer, tvm-ffi, Triton's), one archive
+# per library (< 16 MiB each).
 gpu_save_jit() {
     local cache
-    for cache in flashinfer tvm-ffi; do
-        tar czf "/tmp/jit_$cache.tgz" -C "$HOME" ".cache/$cache" 2>/dev/null
-        [ "$(stat -c %s "/tmp/jit_$cache.tgz" 2>/dev/null || echo 99999999)" -lt 16000000 ] && cp "/tmp/jit_$cache.tgz" "$1/"
+    for cache in .cache/flashinfer .cache/tvm-ffi .triton; do
+        tar czf "/tmp/jit_${cache##*/}.tgz" -C "$HOME" "$cache" 2>/dev/null
+        [ "$(stat -c %s "/tmp/jit_${cache##*/}.tgz" 2>/dev/null || echo 99999999)" -lt 16000000 ] &&
+            cp "/tmp/jit_${cache##*/}.tgz" "$1/"
     done
 }
 

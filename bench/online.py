@@ -4,7 +4,8 @@ Starts `python -m tpserve` (a model directory, or a config-only shape with dummy
 synthetic tokenizer whose every id is one word), waits for /health, then for each concurrency
 level runs that many clients, each sending `--requests-per-client` streaming completions one after
 another (random token-id prompts, ignore_eos, fixed output length). Reports TTFT and inter-token
-latency percentiles and output tokens/s. Prints a table and writes JSON.
+latency percentiles and output tokens/s, and, for a server it started, the CPU time node 0's HTTP
+process (the front end: tokenizing, streaming) spent per request. Prints a table and writes JSON.
 
 `--url URL` measures a server that is already running instead (any OpenAI-compatible one: a peer
 engine's, by the same client, prompts and settings). `--api chat` sends the prompt as one user
@@ -276,11 +277,28 @@ def wait_serving(base_url: str, timeout_s: float) -> None:
         time.sleep(1)
 
 
-def measure(target: Target, args: argparse.Namespace, levels: list[int], vocab: int) -> list[dict]:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    target: Target, args: argparse.Namespace, levels: list[int], vocab: int, front_end_pid: int | None = None
+) -> list[dict]:
+    """One row per level; with the front end's pid (a server this script started), also the CPU
+    time node 0's HTTP process spent per request: its engine ranks are other processes."""
     lengths = (args.input_len, args.output_len, vocab)
     shared = SharedPrefixes(args.shared_prefix, args.prefix_groups)
     asyncio.run(run_level(target, 1, 1, *lengths))  # warm-up (no shared prefix: nothing cached ahead)
-    return [asyncio.run(run_level(target, level, args.requests_per_client, *lengths, shared)) for level in levels]
+    rows = []
+    for level in levels:
+        cpu_before = process_cpu_s(front_end_pid) if front_end_pid is not None else 0.0
+        row = asyncio.run(run_level(target, level, args.requests_per_client, *lengths, shared))
+        if front_end_pid is not None:
+            row["front_end_cpu_ms_per_request"] = (process_cpu_s(front_end_pid) - cpu_before) * 1e3 / row["requests"]
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -349,7 +367,7 @@ def main() -> None:
                 greedy = greedy_completions(
                     base_url, args.greedy_prompts, vocab, args.input_len, min(32, args.output_len)
                 )
-                rows = measure(Target(base_url, args.api, "bench"), args, levels, vocab)
+                rows = measure(Target(base_url, args.api, "bench"), args, levels, vocab, nodes[0].pid)
             finally:
                 for node in reversed(nodes):
                     node.terminate()
@@ -364,12 +382,15 @@ def main() -> None:
         + (f", shared prefixes {args.prefix_groups} x {args.shared_prefix} tokens" if args.shared_prefix else "")
     )
     print(
-        f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}  (ms)"
+        f"{'clients':>8}{'out tok/s':>11}{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'ITL p50':>9}{'p90':>8}{'p99':>8}"
+        f"{'front-end CPU/req':>19}  (ms)"
     )
     for r in rows:
+        front_end = r.get("front_end_cpu_ms_per_request")
         print(
             f"{r['concurrency']:>8}{r['output_tokens_per_s']:>11.1f}{r['ttft_p50_ms']:>10.1f}{r['ttft_p90_ms']:>8.1f}"
             f"{r['ttft_p99_ms']:>8.1f}{r['itl_p50_ms']:>9.2f}{r['itl_p90_ms']:>8.2f}{r['itl_p99_ms']:>8.2f}"
+            f"{front_end if front_end is not None else float('nan'):>19.2f}"
         )
     if args.json:
         for row in rows:

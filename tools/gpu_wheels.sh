@@ -4,7 +4,7 @@
 # the image has torch 2.11, transformers 5.17, tokenizers, safetensors, huggingface_hub and numpy.
 #   flashinfer + tvm-ffi      attention, sampling and norm kernels
 #   the HTTP stack            the server (bench/online.py), and Mini-SGLang's server beside it
-#                             (fastapi imports opentelemetry-api)
+#                             (fastapi imports opentelemetry-api; httptools: uvicorn's C parser)
 #   pyzmq, prompt_toolkit     Mini-SGLang's processes talk over ZeroMQ; its API server imports the shell
 #   prometheus-client, ...    tpserve's own dependencies (pyproject) the image lacks
 #   httpx                     bench/online.py's client
@@ -19,5 +19,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 h11==0.16.0 click==8.5.1 \
     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 annotated-doc==0.0.7 typing-inspection==0.4.5 \
     typing_extensions==4.16.0 prometheus_client==0.26.0 python-json-logger==4.2.0 xgrammar==0.2.9 gguf==0.19.0 \
-    opentelemetry-api==1.45.2 httpx==0.29.0 httpcore==1.0.9 anyio==4.16.0 sniffio==1.3.1 idna==3.20 certifi==2026.10.19.post1
+    opentelemetry-api==1.45.2 httptools==0.9.0 httpx==0.29.0 httpcore==1.0.9 anyio==4.16.0 sniffio==1.3.1 idna==3.20 certifi==2026.10.19.post1
 du -sh .whl

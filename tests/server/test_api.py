@@ -548,6 +548,12 @@ def test_api_key_is_required(server: ServerProcess) -> None:
         response = httpx.get(f"{server.url}/v1/models", headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
+        assert response.headers["x-request-id"]  # refused requests are traced like any other
+    refused = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "m", "messages": []})
+    assert refused.status_code == 401
+    # Probes and scrapers carry no key: only the API itself is guarded.
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
 
 
 def post(

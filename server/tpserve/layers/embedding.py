@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed.group import TPGroup
+from .skinny_gemm import linear
 from .weight_spec import WeightSpec
 
 
@@ -53,7 +54,7 @@ class ParallelLMHead(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.embedding.group.gather_last_dim(F.linear(hidden, self.weight))
+        logits = self.embedding.group.gather_last_dim(linear(hidden, self.weight))
         return logits[..., : self.embedding.vocab_size]
 
     def weight_specs(self, name: str) -> list[WeightSpec]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..distributed.group import TPGroup
+from .skinny_gemm import linear
 from .weight_spec import WeightSpec
 
 
@@ -41,7 +41,7 @@ class ColumnParallelLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         specs: list[WeightSpec] = []
@@ -68,7 +68,7 @@ class RowParallelLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.group.all_reduce(F.linear(x, self.weight))
+        return self.group.all_reduce(linear(x, self.weight))
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         return [WeightSpec(f"{prefix}.weight", self.weight, 1, self.in_start, self.in_local)]
