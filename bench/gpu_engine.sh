@@ -19,6 +19,7 @@
 #   online     bench/online.py against Mini-SGLang's server and then tpserve's, Llama-3.1-8B shape:
 #              the same client, prompts and settings, chat requests (its server takes no token ids)
 #   onlineprefix   the same with shared prefixes: 4 system prompts of 448 tokens + 64 own tokens each
+#   onlinestreak   tpserve's server alone as in `online`, with --max-prefill-streak 4
 #   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
@@ -88,6 +89,9 @@ for step in "${steps[@]}"; do
         --question-len 32 --output-len 32 --conversations 32 --turns 6 ;;
     online) online_against_peer online ;;
     onlineprefix) online_against_peer online_prefix --shared-prefix 448 --prefix-groups 4 ;;
+    onlinestreak) GPU_TAIL=8 run online_streak_tpserve 100 python3 bench/online.py $ONLINE --label tpserve-streak4 \
+        --startup-timeout 200 --server-args "--page-size 16 --attn fi --max-prefill-length 8192 --max-prefill-streak 4" \
+        --log "$out/online_streak_tpserve_server.log" --json "$out/online_streak_tpserve.json" ;;
     gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac

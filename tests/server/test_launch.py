@@ -37,6 +37,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--dist-init-addr", "nohost"], "expected HOST:PORT"),
         (["--attn", "fi"], "--attn fi needs --device cuda"),
         (["--attn", "flash"], "unknown attention backend 'flash'"),
+        (["--max-prefill-streak", "0"], "--max-prefill-streak must be >= 1, got 0"),
     ],
 )
 def test_bad_flag_combinations_exit_at_once_with_one_line(tiny_checkpoint, extra: list[str], message: str) -> None:

@@ -14,11 +14,23 @@ EOS = 2
 
 
 def make_scheduler(
-    num_pages: int = 64, page_size: int = 4, max_prefill: int = 8, max_running: int = 8, radix: bool = True
+    num_pages: int = 64,
+    page_size: int = 4,
+    max_prefill: int = 8,
+    max_running: int = 8,
+    radix: bool = True,
+    prefill_streak: int = 1,
 ) -> Scheduler:
     return Scheduler(
         SchedulerLimits(
-            page_size, num_pages, max_running, max_prefill, max_model_len=64, eos_token_ids=(EOS,), radix_cache=radix
+            page_size,
+            num_pages,
+            max_running,
+            max_prefill,
+            max_model_len=64,
+            eos_token_ids=(EOS,),
+            radix_cache=radix,
+            max_prefill_streak=prefill_streak,
         )
     )
 
@@ -41,25 +53,40 @@ def test_long_prompt_is_prefilled_in_chunks_within_budget() -> None:
     check_idle(scheduler)
 
 
-def test_prefill_and_decode_steps_alternate_while_both_have_work() -> None:
-    """Decode steps stay decode-only (they fit a CUDA graph); a stream waits at most one chunk."""
-    scheduler = make_scheduler(max_prefill=8)
+def plans_while_b_prefills(scheduler: Scheduler, steps: int) -> list[tuple[list[str], list[int]]]:
+    """Stream "a" decodes while "b" (20 prompt tokens) arrives: each step's rows and token counts."""
     scheduler.add(seq("a", 3, max_tokens=10))
     run_step(scheduler)
     scheduler.add(seq("b", 20, max_tokens=10))
     plans = []
-    for _ in range(6):
+    for _ in range(steps):
         step = scheduler.schedule()
         assert step is not None
         plans.append(([s.request_id for s in step.seqs], list(step.batch.query_lens)))
         scheduler.update(step, [SampleResult(7, None)] * len(step.sampled))
-    assert plans == [
+    return plans
+
+
+def test_prefill_and_decode_steps_alternate_while_both_have_work() -> None:
+    """Decode steps stay decode-only (they fit a CUDA graph); a stream waits at most one chunk."""
+    assert plans_while_b_prefills(make_scheduler(max_prefill=8), 6) == [
         (["a"], [1]),  # the previous step prefilled "a"
         (["b"], [8]),
         (["a"], [1]),
         (["b"], [8]),
         (["a"], [1]),
         (["b"], [4]),
+    ]
+
+
+def test_a_prefill_streak_lets_arrivals_prefill_before_streams_go_on() -> None:
+    """With --max-prefill-streak 2 a running stream waits up to two prefill chunks between tokens."""
+    assert plans_while_b_prefills(make_scheduler(max_prefill=8, prefill_streak=2), 5) == [
+        (["b"], [8]),  # "a"'s own prefill step was the first of this streak
+        (["a"], [1]),
+        (["b"], [8]),
+        (["b"], [4]),
+        (["a", "b"], [1, 1]),
     ]
 
 

@@ -48,6 +48,7 @@ class EngineConfig:
     disable_radix_cache: bool = False
     disable_overlap_schedule: bool = False  # plan step N+1 while step N runs unless set
     schedule_policy: str = "lpm"  # waiting-queue order: lpm (longest cached prefix first) or fcfs
+    max_prefill_streak: int = 1  # prefill steps in a row while running streams wait (1: alternate)
 
     @property
     def use_cuda_graph(self) -> bool:
@@ -93,6 +94,8 @@ class EngineConfig:
             raise ConfigError(
                 f"--schedule-policy {self.schedule_policy!r}: expected one of {', '.join(SCHEDULE_POLICIES)}"
             )
+        if self.max_prefill_streak < 1:
+            raise ConfigError(f"--max-prefill-streak must be >= 1, got {self.max_prefill_streak}")
         if self.cuda_graph_max_bs < 1:
             raise ConfigError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.context_length is not None and self.context_length < 2:

@@ -154,6 +154,9 @@ class SchedulerLimits:
     radix_cache: bool = True
     schedule_policy: str = "lpm"  # or "fcfs"
     max_queue_age_s: float = 10.0  # under lpm, a request waiting longer goes first
+    # Prefill steps in a row while running streams wait for their next token: 1 alternates prefill
+    # and decode steps; more lets a burst of arrivals prefill together, as prefill-first engines do.
+    max_prefill_streak: int = 1
 
 
 SCHEDULE_POLICIES = ("lpm", "fcfs")
@@ -187,7 +190,7 @@ class Scheduler:
         self._finished_in_planning: list[StepOutput] = []
         self._step_rows: dict[str, tuple[Sequence, int]] = {}
         self._free_rows = list(range(limits.max_running - 1, -1, -1))
-        self._last_step_prefilled = False
+        self._prefill_streak = 0  # prefill steps since the last decode step
         self.new_token_ratio = INITIAL_NEW_TOKEN_RATIO
         self.num_preemptions = 0
         self.prefix_queried_tokens = 0
@@ -267,15 +270,15 @@ class Scheduler:
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
         decodable = [s for s in self._running.values() if self._can_decode(s)]
         has_prefill = bool(self.waiting) or any(not s.on_device for s in self._running.values())
-        # Alternate when both have work: a stream waits at most one prefill step between tokens.
-        prefill_first = has_prefill and (not decodable or not self._last_step_prefilled)
+        # When both have work, a stream waits at most max_prefill_streak prefill steps between tokens.
+        prefill_first = has_prefill and (not decodable or self._prefill_streak < self.limits.max_prefill_streak)
         for prefill in (True, False) if prefill_first else (False, True):
             if prefill:
                 self._plan_prefill()
             else:
                 self._plan_decode(decodable)
             if self._step_rows:
-                self._last_step_prefilled = prefill
+                self._prefill_streak = self._prefill_streak + 1 if prefill else 0
                 return self._build_step(list(self._step_rows.values()))
         return None
 

@@ -186,6 +186,7 @@ class LeaderLoop:
                 eos_token_ids=model.eos_token_ids,
                 radix_cache=not config.disable_radix_cache,
                 schedule_policy=config.schedule_policy,
+                max_prefill_streak=config.max_prefill_streak,
             )
         )
         outbox.put(EngineReady(runner.num_pages, config.page_size, runner.max_model_len, runner.max_running))

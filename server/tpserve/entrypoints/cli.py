@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fcfs arrival order",
     )
     engine.add_argument(
+        "--max-prefill-streak",
+        type=int,
+        default=1,
+        help="prefill steps in a row while running streams wait for a token (1: prefill and decode "
+        "steps alternate; more: a burst of arrivals prefills before the streams go on)",
+    )
+    engine.add_argument(
         "--attn",
         default=None,
         type=_attention,
@@ -307,6 +314,7 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
         disable_radix_cache=ns.disable_radix_cache,
         disable_overlap_schedule=ns.disable_overlap_schedule,
         schedule_policy=ns.schedule_policy,
+        max_prefill_streak=ns.max_prefill_streak,
     )
 
 
