@@ -9,7 +9,8 @@ and no second kernel runs.
 
 `linear(x, weight, bias)` takes this path, with TPSERVE_SKINNY_GEMM=1, where it applies (CUDA,
 fp16/bf16, at most SKINNY_MAX_ROWS rows, contiguous operands) and F.linear otherwise. It is off
-by default: on an H200 it has not yet beaten cuBLAS (docs/performance.md, bench/gemv.py). The block
+by default: on an H200 it beats cuBLAS at one row on the O, QKV and LM-head shapes only, and
+loses at four rows (docs/performance.md, bench/gemv.py). The block
 shapes are tuned once per weight shape on first use, which the decode graphs' eager warm-up does
 before any capture.
 """
