@@ -4,15 +4,14 @@ At batch 1-4 every projection of a decode step is memory-bound: it reads its who
 a handful of output values. cuBLAS reads the large matrices at ~4.1 TB/s on an H200 but the small
 QKV and O ones at 3.2-3.3 TB/s, and splits K with a separate reduction kernel for O and down
 (bench/gemv.py). Here each program streams a block of W's rows over all of K, once, and
-multiplies it with every row of x at the same time, so the weight is read at the rate of a copy
-and no second kernel runs.
+multiplies it with every row of x at the same time, with no second kernel: the aim is to read
+every weight at the rate of a copy (reached on O, 4.1 TB/s; not yet on gate/up).
 
 `linear(x, weight, bias)` takes this path, with TPSERVE_SKINNY_GEMM=1, where it applies (CUDA,
 fp16/bf16, at most SKINNY_MAX_ROWS rows, contiguous operands) and F.linear otherwise. It is off
 by default: on an H200 it beats cuBLAS at one row on the O, QKV and LM-head shapes only, and
-loses at four rows (docs/performance.md, bench/gemv.py). The block
-shapes are tuned once per weight shape on first use, which the decode graphs' eager warm-up does
-before any capture.
+loses at four rows (docs/performance.md, bench/gemv.py). The block shapes are tuned once per
+weight shape on first use, which the decode graphs' eager warm-up does before any capture.
 """
 
 from __future__ import annotations
