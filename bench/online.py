@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from model_dirs import shape_model_dir
 
 from tpserve.engine.launcher import free_port
@@ -278,9 +279,9 @@ def wait_serving(base_url: str, timeout_s: float) -> None:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a process has used so far, all its threads."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def measure(
