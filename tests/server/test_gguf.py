@@ -128,6 +128,25 @@ def test_a_directory_with_one_gguf_is_served_under_its_name(tiny_gguf) -> None:
     assert checkpoint.model_config().architecture == "LlamaForCausalLM"
 
 
+def test_a_gguf_rewritten_in_place_is_read_anew(tiny_checkpoint_dir_for_gguf, tmp_path: Path) -> None:
+    # One parse per file version serves a process's reads; a new file at the same path is a new version.
+    path = write_tiny_gguf(tiny_checkpoint_dir_for_gguf, tmp_path / "model.gguf", Q.Q8_0)
+    assert Checkpoint.locate(path).model_config().architecture == "LlamaForCausalLM"
+    write_gpt2_gguf(path)
+    with pytest.raises(ConfigError, match="unsupported GGUF architecture 'gpt2'"):
+        Checkpoint.locate(path).model_config()
+
+
+def write_gpt2_gguf(path: Path) -> None:
+    """A valid GGUF file of an architecture tpserve does not serve."""
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def test_several_ggufs_in_one_directory_are_refused_by_name(tiny_gguf, tmp_path: Path) -> None:
     for name in ("a.gguf", "b.gguf"):
         (tmp_path / name).write_bytes(tiny_gguf("llama", Q.Q8_0).read_bytes())
@@ -137,12 +156,7 @@ def test_several_ggufs_in_one_directory_are_refused_by_name(tiny_gguf, tmp_path:
 
 def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     path = tmp_path / "gpt2.gguf"
-    writer = gguf.GGUFWriter(str(path), "gpt2")
-    writer.add_block_count(1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gpt2_gguf(path)
     proc = subprocess.run(
         [sys.executable, "-m", "tpserve", "--model", str(path), "--device", "cpu"],
         capture_output=True,

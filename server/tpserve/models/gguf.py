@@ -8,6 +8,7 @@ dequantizes a whole split tensor.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,9 +100,18 @@ def gguf_config_dict(path: Path) -> dict[str, Any]:
 
 def _open(path: Path) -> gguf.GGUFReader:
     try:
-        return gguf.GGUFReader(path)  # memory-maps the file; tensors are read on access
+        stat = path.stat()
+        return _parsed(path.resolve(), stat.st_mtime_ns, stat.st_size)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from exc
+
+
+# The reader parses every metadata field up front, the tokenizer's ~100k strings among them:
+# seconds per parse on a small CPU, and a start-up reads the config, the tensor list and the
+# tensors. One parse per file version (path, mtime, size) and process serves them all.
+@functools.lru_cache(maxsize=4)
+def _parsed(path: Path, mtime_ns: int, size: int) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)  # memory-maps the file; tensors are read on access
 
 
 @dataclass(frozen=True)
