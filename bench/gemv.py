@@ -3,7 +3,8 @@
 A batch-1 decode step is a chain of matrix-vector products; cuBLAS reads the large weights at
 ~4.1 TB/s but the small QKV and O ones at ~3.2 TB/s, with a split-K reduction kernel for some
 (down and O at the Llama-3.1-8B shape). This times, for each projection of a shape at tp=1 and each
-row count, `F.linear(x, W)` (cuBLAS), the skinny kernel autotuned (what the model runs with TPSERVE_SKINNY_GEMM=1)
+row count, `F.linear(x, W)` (cuBLAS), the skinny kernel autotuned (what the model runs with TPSERVE_SKINNY_GEMM=1;
+`auto` times the layers' own weights at start-up instead)
 and the kernel at every one of its tuning configurations, each as 20 calls captured in one CUDA
 graph (as the decode graph runs them), and prints µs per call and the bandwidth reading W. Every
 result is checked against F.linear's.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tpserve.layers import skinny_gemm
+from tpserve.layers.skinny_choice import cuda_graph_timer
 
 CALLS_PER_GRAPH = 20
 REPLAYS = 30
@@ -44,28 +46,8 @@ def projections(config: dict) -> dict[str, tuple[int, int]]:
 
 
 def graph_time_us(fn: Callable[[], torch.Tensor]) -> float:
-    """Median µs per call of `fn`, 20 calls to a graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS_PER_GRAPH):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / CALLS_PER_GRAPH)
-    return sorted(times)[len(times) // 2]
+    """Median µs per call of `fn`, 20 calls to a graph (the engine's start-up timer, on one weight)."""
+    return cuda_graph_timer([fn] * CALLS_PER_GRAPH, replays=REPLAYS)
 
 
 def check(name: str, got: torch.Tensor, reference: torch.Tensor) -> None:
@@ -98,12 +80,9 @@ def main() -> None:
             row["linear_us"] = graph_time_us(lambda w=weight, v=x: F.linear(v, w))
             row["skinny_us"] = graph_time_us(lambda w=weight, v=x: skinny_gemm.skinny_linear(v, w))
             configs = {}
-            for block_n, block_k, warps, stages in skinny_gemm.TUNING_CONFIGS:
-                label = f"{block_n}x{block_k} w{warps} s{stages}"
-                blocks = (block_n, block_k)
-                fn = lambda w=weight, v=x, b=blocks, nw=warps, ns=stages: skinny_gemm.skinny_linear(  # noqa: E731
-                    v, w, blocks=b, num_warps=nw, num_stages=ns
-                )
+            for config in skinny_gemm.TUNING_CONFIGS:
+                label = f"{config.block_n}x{config.block_k} w{config.num_warps} s{config.num_stages}"
+                fn = lambda w=weight, v=x, c=config: skinny_gemm.skinny_linear(v, w, config=c)  # noqa: E731
                 check(f"{name} {label}", fn(), reference)
                 configs[label] = graph_time_us(fn)
             row["configs_us"] = configs

@@ -28,7 +28,7 @@ CHECK = """
 import json, sys
 import torch
 import torch.nn.functional as F
-from tpserve.layers.skinny_gemm import skinny_linear
+from tpserve.layers.skinny_gemm import SkinnyConfig, skinny_linear
 
 results = []
 for rows, n, k, blocks, bias in json.loads(sys.argv[1]):
@@ -36,7 +36,7 @@ for rows, n, k, blocks, bias in json.loads(sys.argv[1]):
     x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
     w = torch.randn(n, k, generator=g).to(torch.bfloat16)
     b = torch.randn(n, generator=g).to(torch.bfloat16) if bias else None
-    got = skinny_linear(x, w, b, blocks=tuple(blocks))
+    got = skinny_linear(x, w, b, config=SkinnyConfig(*blocks, num_warps=4, num_stages=3))
     want = F.linear(x.float(), w.float(), b.float() if b is not None else None)
     # float32 accumulation, one rounding to bf16 at the end: within one bf16 step (2**-7 relative) of
     # the exact value (the interpreter's bf16 conversion truncates where the GPU's rounds to nearest)
@@ -58,11 +58,9 @@ def test_skinny_kernel_equals_a_float32_product() -> None:
         assert result["excess"] <= 0, (rows, n, result)
 
 
-def test_linear_keeps_f_linear_where_the_kernel_does_not_apply() -> None:
+def test_linear_takes_f_linear_beyond_the_projections_skinny_rows() -> None:
     x = torch.randn(2, 16, dtype=torch.bfloat16)
     weight = torch.randn(8, 16, dtype=torch.bfloat16)
-    assert not skinny_gemm.applies(x, weight)  # CPU tensors
-    assert torch.equal(skinny_gemm.linear(x, weight), F.linear(x, weight))
-    if torch.cuda.is_available():
-        wide = torch.randn(skinny_gemm.SKINNY_MAX_ROWS + 1, 16, dtype=torch.bfloat16, device="cuda")
-        assert not skinny_gemm.applies(wide, weight.cuda())
+    assert torch.equal(skinny_gemm.linear(x, weight), F.linear(x, weight))  # skinny_rows 0: never
+    assert torch.equal(skinny_gemm.linear(x, weight, skinny_rows=1), F.linear(x, weight))
+    assert not skinny_gemm.skinny_supported(weight)  # a CPU weight: never given skinny rows

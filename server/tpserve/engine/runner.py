@@ -18,6 +18,9 @@ from ..distributed.group import TPGroup
 from ..distributed.status_board import Phase
 from ..kvcache.paged_cache import KVCacheShape, PagedKVCache
 from ..kvcache.request_tables import RequestTables, to_device
+from ..layers.embedding import ParallelLMHead
+from ..layers.linear import ColumnParallelLinear, RowParallelLinear
+from ..layers.skinny_choice import choose_skinny_projections, log_choices
 from ..models.config import ModelConfig, ShardLayout, resolve_dtype
 from ..models.decoder import DecoderModel
 from ..models.weights import LoadProgress, fill_dummy
@@ -70,6 +73,13 @@ class ModelRunner:
         else:
             config.checkpoint().load_weights(specs, model_config, LoadProgress(group.rank))
         log.info("rank %d: weights ready in %.2fs (%s)", group.rank, time.monotonic() - started, self.dtype)
+        started = time.monotonic()
+        skinny_timings = choose_skinny_projections(
+            m for m in self.model.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear, ParallelLMHead))
+        )
+        if skinny_timings:
+            log_choices(group.rank, skinny_timings)
+            log.info("rank %d: batch-1 projections timed in %.2fs", group.rank, time.monotonic() - started)
 
         started = time.monotonic()
         report_phase(Phase.ALLOCATING_KV_CACHE)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed.group import TPGroup
-from .skinny_gemm import linear
+from .skinny_gemm import SkinnyConfig, linear
 from .weight_spec import WeightSpec
 
 
@@ -52,9 +52,12 @@ class ParallelLMHead(nn.Module):
         self.weight = (
             embedding.weight if tied else nn.Parameter(torch.zeros_like(embedding.weight), requires_grad=False)
         )
+        self.skinny_rows = 0  # as in ColumnParallelLinear
+        self.skinny_config: SkinnyConfig | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.embedding.group.gather_last_dim(linear(hidden, self.weight))
+        projected = linear(hidden, self.weight, None, self.skinny_rows, self.skinny_config)
+        logits = self.embedding.group.gather_last_dim(projected)
         return logits[..., : self.embedding.vocab_size]
 
     def weight_specs(self, name: str) -> list[WeightSpec]:

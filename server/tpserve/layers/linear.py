@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..distributed.group import TPGroup
-from .skinny_gemm import linear
+from .skinny_gemm import SkinnyConfig, linear
 from .weight_spec import WeightSpec
 
 
@@ -39,9 +39,13 @@ class ColumnParallelLinear(nn.Module):
         self.bias = (
             nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         )
+        # Rows up to which the skinny kernel runs this projection, and its block shape: set at
+        # start-up by skinny_choice (0: cuBLAS always).
+        self.skinny_rows = 0
+        self.skinny_config: SkinnyConfig | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.skinny_rows, self.skinny_config)
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         specs: list[WeightSpec] = []
@@ -66,9 +70,11 @@ class RowParallelLinear(nn.Module):
         self.weight = nn.Parameter(
             torch.empty(out_features, self.in_local, dtype=dtype, device=device), requires_grad=False
         )
+        self.skinny_rows = 0  # as in ColumnParallelLinear
+        self.skinny_config: SkinnyConfig | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.group.all_reduce(linear(x, self.weight))
+        return self.group.all_reduce(linear(x, self.weight, None, self.skinny_rows, self.skinny_config))
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
         return [WeightSpec(f"{prefix}.weight", self.weight, 1, self.in_start, self.in_local)]

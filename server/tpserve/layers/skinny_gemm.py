@@ -7,19 +7,15 @@ QKV and O ones at 3.2-3.3 TB/s, and splits K with a separate reduction kernel fo
 multiplies it with every row of x at the same time, with no second kernel: the aim is to read
 every weight at the rate of a copy (reached on O, 4.1 TB/s; not yet on gate/up).
 
-`linear(x, weight, bias)` takes this path, with TPSERVE_SKINNY_GEMM=1, where it applies (CUDA,
-fp16/bf16, at most SKINNY_MAX_ROWS rows, contiguous operands) and F.linear otherwise. It is off
-by default: on an H200 it beats cuBLAS at one row on the O, QKV and LM-head shapes only, and
-loses at four rows (docs/performance.md, bench/gemv.py). The block shapes are tuned once per
-weight shape on first use, which the decode graphs' eager warm-up does before any capture.
+`linear(x, weight, bias, skinny_rows, config)` takes this path where a projection allows it for
+the rows at hand (`skinny_choice` decides, per weight shape, at start-up) and F.linear otherwise.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +24,27 @@ SKINNY_MAX_ROWS = 4
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) the autotuner chooses among: enough rows per program
-# to keep loads wide, few enough that the small matrices still spread over every SM.
+class SkinnyConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# The block shapes tuning chooses among: enough rows per program to keep loads wide, few enough
+# that the small matrices still spread over every SM.
 TUNING_CONFIGS = (
-    (2, 512, 2, 3),
-    (4, 256, 4, 3),
-    (4, 512, 4, 2),
-    (8, 256, 4, 3),
-    (8, 256, 2, 4),
-    (8, 512, 4, 2),
-    (16, 128, 4, 4),
-    (16, 256, 8, 3),
+    SkinnyConfig(2, 512, 2, 3),
+    SkinnyConfig(2, 1024, 4, 3),
+    SkinnyConfig(4, 1024, 4, 3),
+    SkinnyConfig(4, 1024, 8, 2),
+    SkinnyConfig(4, 256, 4, 3),
+    SkinnyConfig(4, 512, 4, 2),
+    SkinnyConfig(8, 256, 4, 3),
+    SkinnyConfig(8, 256, 2, 4),
+    SkinnyConfig(8, 512, 4, 2),
+    SkinnyConfig(16, 128, 4, 4),
+    SkinnyConfig(16, 256, 8, 3),
 )
 
 
@@ -97,22 +103,20 @@ def _kernel() -> Any:
 def _tuned_kernel() -> Any:
     import triton
 
-    configs = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s) for n, k, w, s in TUNING_CONFIGS]
+    configs = [
+        triton.Config({"BLOCK_N": c.block_n, "BLOCK_K": c.block_k}, num_warps=c.num_warps, num_stages=c.num_stages)
+        for c in TUNING_CONFIGS
+    ]
     return triton.autotune(configs=configs, key=["N", "K", "BLOCK_M"], warmup=5, rep=20)(_kernel())
 
 
 def skinny_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    blocks: tuple[int, int] | None = None,
-    num_warps: int = 4,
-    num_stages: int = 3,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config: SkinnyConfig | None = None
 ) -> torch.Tensor:
     """x W^T (+ bias) for a 2-D x of at most SKINNY_MAX_ROWS rows, by the Triton kernel.
 
-    `blocks` (BLOCK_N, BLOCK_K), with `num_warps` and `num_stages`, skips the autotuner (which
-    times on a GPU): for Triton's interpreter on CPU, and for bench/gemv.py's sweep.
+    With a `config` the kernel runs that block shape; without one Triton's autotuner picks one
+    on first use of each weight shape (it times on a GPU, so the interpreter needs a config).
     """
     import triton
 
@@ -120,9 +124,14 @@ def skinny_linear(
     n = weight.shape[0]
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     fixed: dict[str, int] = {}
-    if blocks is not None:
-        fixed = {"BLOCK_N": blocks[0], "BLOCK_K": blocks[1], "num_warps": num_warps, "num_stages": num_stages}
-    kernel = _tuned_kernel() if blocks is None else _kernel()
+    if config is not None:
+        fixed = {
+            "BLOCK_N": config.block_n,
+            "BLOCK_K": config.block_k,
+            "num_warps": config.num_warps,
+            "num_stages": config.num_stages,
+        }
+    kernel = _tuned_kernel() if config is None else _kernel()
     kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
         x,
         weight,
@@ -139,25 +148,32 @@ def skinny_linear(
 
 
 @functools.cache
-def skinny_gemm_available() -> bool:
-    return os.environ.get("TPSERVE_SKINNY_GEMM", "0") == "1" and importlib.util.find_spec("triton") is not None
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        x.is_cuda
-        and x.dim() == 2
-        and 0 < x.shape[0] <= SKINNY_MAX_ROWS
-        and x.dtype in _DTYPES
-        and weight.dtype == x.dtype
+def skinny_supported(weight: torch.Tensor) -> bool:
+    """Whether the kernel can run on this weight at all (CUDA, fp16/bf16, row-major, Triton)."""
+    return weight.is_cuda and weight.dtype in _DTYPES and weight.is_contiguous() and triton_available()
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    skinny_rows: int = 0,
+    config: SkinnyConfig | None = None,
+) -> torch.Tensor:
+    """F.linear, or the skinny kernel where x has 1 to `skinny_rows` rows (the projection's choice)
+    and a CUDA graph is being captured: the choice was timed inside a graph, and launched one by
+    one from Python a Triton kernel costs more host time than cuBLAS's (tens of µs against a few)."""
+    if (
+        x.dim() == 2
+        and 0 < x.shape[0] <= skinny_rows
+        and x.dtype == weight.dtype
         and x.is_contiguous()
-        and weight.is_contiguous()
-        and skinny_gemm_available()
-    )
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, by the skinny kernel where a decode step's few rows meet a CUDA weight."""
-    if applies(x, weight):
-        return skinny_linear(x, weight, bias)
+        and x.is_cuda
+        and torch.cuda.is_current_stream_capturing()
+    ):
+        return skinny_linear(x, weight, bias, config)
     return F.linear(x, weight, bias)
