@@ -7,6 +7,9 @@
 #   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
 #   peerq, peerl   only the Qwen3-0.6B parts, only the Llama-3.1-8B parts (offline and batch-1 decode)
 #   peerlskinny    tpserve's Llama-3.1-8B part again with TPSERVE_SKINNY_GEMM=1 (the Triton kernel at batch 1-4)
+#   peerlcublas    the same with TPSERVE_SKINNY_GEMM=0 (cuBLAS for every projection, the default)
+#   peerlauto      the same with TPSERVE_SKINNY_GEMM=auto (both timed per weight shape at start-up,
+#                  the faster kept at batch 1)
 #   kernels    bench/check_kernels.py (fused kernels vs the torch reference ops, whole-model logits)
 #   graphs     bench/check_cuda_graph.py (graph vs eager decode)
 #   overlap    bench/check_overlap.py (overlap on and off, same tokens)
@@ -20,6 +23,8 @@
 #              the same client, prompts and settings, chat requests (its server takes no token ids)
 #   onlineprefix   the same with shared prefixes: 4 system prompts of 448 tokens + 64 own tokens each
 #   onlinestreak   tpserve's server alone as in `online`, with --max-prefill-streak 4
+#   decodeab   bench/decode.py's batch-1 step (with its kernel profile) with TPSERVE_SKINNY_GEMM=0 and
+#              =auto, alternating, two rounds (one log: OUT/all.log)
 #   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
@@ -69,11 +74,12 @@ online_against_peer() {
 for step in "${steps[@]}"; do
     case $step in
     peer) bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) q:tpserve q:minisgl l:tpserve l:minisgl 2>&1 |
-        grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
+        grep "RESULT\|leader:\|engine ready\|batch-1 projection\|== " | cut -c1-400 ;;
     peerq | peerl) shape=${step#peer}
         bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) "$shape:tpserve" "$shape:minisgl" 2>&1 |
-        grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
-    peerlskinny) TPSERVE_SKINNY_GEMM=1 bash .peer/run.sh "$out/peer_skinny" $((deadline - SECONDS - 10)) l:tpserve 2>&1 |
+        grep "RESULT\|leader:\|engine ready\|batch-1 projection\|== " | cut -c1-400 ;;
+    peerlskinny | peerlcublas | peerlauto) mode=$(case $step in peerlskinny) echo 1 ;; peerlauto) echo auto ;; *) echo 0 ;; esac)
+        TPSERVE_SKINNY_GEMM=$mode bash .peer/run.sh "$out/$step" $((deadline - SECONDS - 10)) l:tpserve 2>&1 |
         grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
     kernels) GPU_TAIL=12 run check_kernels 90 python3 bench/check_kernels.py ;;
     graphs) GPU_TAIL=10 run check_cuda_graph 90 python3 bench/check_cuda_graph.py ;;
@@ -92,6 +98,11 @@ for step in "${steps[@]}"; do
     onlinestreak) GPU_TAIL=8 run online_streak_tpserve 100 python3 bench/online.py $ONLINE --label tpserve-streak4 \
         --startup-timeout 200 --server-args "--page-size 16 --attn fi --max-prefill-length 8192 --max-prefill-streak 4" \
         --log "$out/online_streak_tpserve_server.log" --json "$out/online_streak_tpserve.json" ;;
+    decodeab) for round in 1 2; do for mode in 0 auto; do
+        TPSERVE_SKINNY_GEMM=$mode GPU_ONE_LOG=1 GPU_TAIL=0 run "decode_skinny_${mode}_$round" 90 python3 bench/decode.py \
+            --tp 1 --batches 1 --iters 100 --profile graph:1
+        grep -h "batch-1 projection\|^graph \|^idle\|^step\|^gemm\|^other" "/tmp/gpu_step_decode_skinny_${mode}_$round.log" | cut -c1-160
+    done; done ;;
     gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac
