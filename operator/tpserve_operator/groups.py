@@ -5,6 +5,8 @@ Ready only when every one of its pods is Ready; then, and only then, the leader'
 is True. When a container of the group that had started fails again, or a pod of a formed group
 vanishes, the whole group is recreated (NCCL cannot re-admit a rank), with exponential backoff,
 until `maxGroupRestarts` is spent; the count resets after `restartBudgetResetSeconds` of serving.
+While the replaced pods of a restart or roll linger, the group's workers are held at none, so the
+new pods rendezvous only with each other.
 A pod the scheduler cannot place is reported (Unschedulable), never restarted: recreating it
 would not find it a node.
 """
@@ -55,6 +57,7 @@ class GroupDecision:
     roll_start_time: str | None = None
     unschedulable: str | None = None  # the scheduler's message for a pod it cannot place
     replacing_pod_uids: list[str] = field(default_factory=list)  # deleted for a restart or roll, maybe still there
+    hold_workers: bool = False  # the group's worker StatefulSet at 0 replicas until its old pods are gone
 
     def status_entry(self) -> Obj:
         entry: Obj = {
@@ -213,18 +216,22 @@ def decide_group(
             **base,
         )
 
-    # Pods already condemned by a restart or roll (the delete failed, or has not landed yet) are
-    # deleted again, and nothing is counted twice.
+    # Pods condemned by a restart or roll stay condemned until they are gone: one whose delete
+    # failed or has not landed yet is deleted again, and nothing is counted twice. Until the last
+    # of them is gone the group's workers are held at none: a new worker must rendezvous with the
+    # new leader only, never with an old leader still draining under its preStop hook, whose
+    # store would take it in and then vanish under it (and its restart would restart the group).
     replacing = set(previous.get("replacingPodUIDs") or [])
-    condemned = [p for p in present if p["metadata"].get("uid") in replacing]
-    if condemned:
+    lingering = [p for p in pods if p["metadata"].get("uid") in replacing]
+    if lingering:
         return GroupDecision(
             phase="Restarting",
             gate=False,
-            delete_pods=[p["metadata"]["name"] for p in condemned],
-            replacing_pod_uids=sorted(replacing & present_uids),
+            delete_pods=[p["metadata"]["name"] for p in lingering if not p["metadata"].get("deletionTimestamp")],
+            replacing_pod_uids=_uids(lingering),
             pod_uids=[],
             message=previous.get("message") or "replacing the group's pods",
+            hold_workers=True,
             **base,
         )
 
@@ -252,9 +259,10 @@ def decide_group(
             phase="Restarting",
             gate=False,
             delete_pods=names,
-            replacing_pod_uids=sorted(present_uids),
+            replacing_pod_uids=_uids(pods),
             pod_uids=[],
             rolling=True,
+            hold_workers=True,
             message="rolling to the new spec",
             event=(
                 "Normal",
@@ -287,6 +295,11 @@ def decide_group(
     missing = spec.nodes - len(present)
     detail = ", ".join(waiting) + (f"; {missing} pod(s) not created yet" if missing else "")
     return GroupDecision(phase="Starting", gate=False, pod_uids=formed, message=f"waiting for {detail}", **base)
+
+
+def _uids(pods: list[Obj]) -> list[str]:
+    """The pods' UIDs, terminating ones included: a pod is condemned until it is gone."""
+    return sorted(p["metadata"].get("uid", "") for p in pods)
 
 
 def _restart_reason(spec: ServiceSpec, present: list[Obj], present_uids: set[str], formed: list[str]) -> str | None:
@@ -343,8 +356,9 @@ def _restart(
         phase="Restarting",
         gate=False,
         delete_pods=names,
-        replacing_pod_uids=sorted(p["metadata"].get("uid", "") for p in present),
+        replacing_pod_uids=_uids(group.pods),
         pod_uids=[],
+        hold_workers=True,
         message=f"{reason}; group recreated",
         event=(
             "Warning",

@@ -377,7 +377,7 @@ def leader_statefulset(spec: ServiceSpec, owner_uid: str) -> Obj:
     )
 
 
-def worker_statefulset(spec: ServiceSpec, owner_uid: str, group: int) -> Obj:
+def worker_statefulset(spec: ServiceSpec, owner_uid: str, group: int, held: bool = False) -> Obj:
     role = {LABEL_ROLE: "worker", LABEL_GROUP: str(group)}
     labels = common_labels(spec) | role | {"app.kubernetes.io/component": "worker", LABEL_SPEC_HASH: spec.spec_hash}
     env = [
@@ -393,7 +393,7 @@ def worker_statefulset(spec: ServiceSpec, owner_uid: str, group: int) -> Obj:
         owner_uid,
         role,
         {LABEL_SERVICE: spec.name} | role,
-        spec.nodes - 1,
+        0 if held else spec.nodes - 1,
         _pod_template(spec, labels, container, leader=False, group=group),
         first_ordinal=1,
     )
@@ -466,10 +466,11 @@ def with_template_hash(spec: ServiceSpec) -> ServiceSpec:
     return replace(spec, spec_hash=hashlib.sha256(rendered.encode()).hexdigest()[:12])
 
 
-def desired_objects(spec: ServiceSpec, owner_uid: str) -> list[Obj]:
+def desired_objects(spec: ServiceSpec, owner_uid: str, held_groups: frozenset[int] = frozenset()) -> list[Obj]:
+    """Every object the service needs; the workers of `held_groups` at none (their old pods linger)."""
     objects = [headless_service(spec, owner_uid), leader_service(spec, owner_uid), leader_statefulset(spec, owner_uid)]
     if spec.nodes > 1:
-        objects += [worker_statefulset(spec, owner_uid, g) for g in range(spec.replicas)]
+        objects += [worker_statefulset(spec, owner_uid, g, g in held_groups) for g in range(spec.replicas)]
     return objects
 
 

@@ -27,6 +27,7 @@ from .objects import (
     endpoint,
     group_disruption_budget,
     with_template_hash,
+    worker_statefulset,
 )
 from .spec import ServiceSpec, SpecError
 
@@ -65,20 +66,6 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
         await kube.patch_service_status(namespace, name, invalid_spec_status(previous, generation, str(exc)))
         return None
 
-    try:
-        for obj in desired_objects(spec, uid):
-            action = await kube.apply(obj)
-            if action != "unchanged":
-                emit("Normal", action.capitalize(), f"{obj['kind']} {obj['metadata']['name']} {action}")
-    except ApiException as exc:
-        # Say which object the API server refused and why, then let the caller retry with backoff.
-        message = f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}"
-        if previous.get("message") != message:
-            emit("Warning", "ApplyFailed", message)
-        await kube.patch_service_status(namespace, name, api_error_status(previous, generation, message))
-        raise
-    await _remove_stale_workers(kube, spec, emit)
-
     pods = await kube.list_pods(namespace, f"{LABEL_SERVICE}={name}")
     groups = split_groups(pods, spec.replicas)
     previous_groups = {g.get("index"): g for g in previous.get("groups") or []}
@@ -95,6 +82,25 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
             spec, group, previous_groups.get(index, {}), generation, moment, may_roll, settings.backoff_base_s
         )
         decisions.append(decision)
+
+    # The objects after the decisions: a group being replaced has its workers held at none. A hold
+    # that status already records goes in now; a new one (a restart or roll decided just now) only
+    # once status records it, with the deletes: its scale-down deletes pods too.
+    held = frozenset(d.index for d in decisions if d.hold_workers)
+    recorded = frozenset(i for i in held if previous_groups.get(i, {}).get("replacingPodUIDs"))
+    try:
+        for obj in desired_objects(spec, uid, recorded):
+            action = await kube.apply(obj)
+            if action != "unchanged":
+                emit("Normal", action.capitalize(), f"{obj['kind']} {obj['metadata']['name']} {action}")
+    except ApiException as exc:
+        # Say which object the API server refused and why, then let the caller retry with backoff.
+        message = f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}"
+        if previous.get("message") != message:
+            emit("Warning", "ApplyFailed", message)
+        await kube.patch_service_status(namespace, name, api_error_status(previous, generation, message))
+        raise
+    await _remove_stale_workers(kube, spec, emit)
 
     # The readiness gates first: the status must not say Ready before the Service routes to the
     # group, and a gate that shuts must shut at once.
@@ -123,6 +129,8 @@ async def reconcile(kube: Kube, body: Obj, emit: EventSink, settings: ReconcileS
     for decision in decisions:
         if decision.event is not None:
             emit(*decision.event)
+        if decision.index in held - recorded and spec.nodes > 1:
+            await kube.apply(worker_statefulset(spec, uid, decision.index, held=True))
         for pod_name in decision.delete_pods:
             await kube.delete_pod(namespace, pod_name)
     await _apply_disruption_budgets(kube, spec, uid, decisions)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NETNS_ETC = Path("/etc/netns")
+FAIL_FAST_RESOLVER = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 
 
 def run(*args: str) -> None:
@@ -104,6 +105,10 @@ class Bridge:
             # Rewrite in place: running pods see /etc/hosts through a bind mount of this very inode.
             with open(path, "w") as handle:
                 handle.write(content)
+            # A name not in the hosts file fails at once, as cluster DNS answers NXDOMAIN: the host's
+            # own resolver is unreachable from a pod's namespace, and c10d's reverse look-ups of
+            # peer addresses would each wait out its timeouts (seconds per group formation).
+            (path.parent / "resolv.conf").write_text(FAIL_FAST_RESOLVER)
 
     def cleanup(self) -> None:
         for key in list(self.pods):

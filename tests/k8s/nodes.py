@@ -5,7 +5,7 @@ subresource, as kube-scheduler does; a pod a test names in `unschedulable` is in
 PodScheduled=False, reason Unschedulable, with the scheduler's message) and completes the deletion of its terminating pods (a pod
 bound to a node is only removed once its kubelet confirms, with a zero-grace delete).
 `SimulatedKubelet` adds pod status as a test dictates: containers ready or not, restart counts,
-and Ready computed from ContainersReady and every readiness gate, as the kubelet does. The
+terminating pods kept a while (a preStop hook draining), and Ready computed from ContainersReady and every readiness gate, as the kubelet does. The
 end-to-end harness (tests/e2e/kubelet.py) runs real processes on a `Node` instead.
 """
 
@@ -118,12 +118,14 @@ class SimulatedKubelet(Node):
         super().__init__(namespace, **node)
         self.containers_ready: dict[str, bool] = {}  # pod name -> containers ready
         self.restarts: dict[str, int] = {}
+        self.draining: set[str] = set()  # pods whose deletion waits, as a preStop hook would hold it
         self.default_ready = False
 
     def sync(self) -> None:
         for pod in self.pods():
             if pod["metadata"].get("deletionTimestamp"):
-                self.confirm_deletion(pod)
+                if pod["metadata"]["name"] not in self.draining:
+                    self.confirm_deletion(pod)
             else:
                 self._sync_status(pod)
 

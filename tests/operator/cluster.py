@@ -65,6 +65,9 @@ class OperatorCluster:
     def statefulset_names(self) -> set[str]:
         return {s["metadata"]["name"] for s in raw(self.apps.list_namespaced_stateful_set, self.namespace)["items"]}
 
+    def statefulset_replicas(self, name: str) -> int:
+        return int(raw(self.apps.read_namespaced_stateful_set, name, self.namespace)["spec"]["replicas"])
+
     def service_names(self) -> set[str]:
         return {s["metadata"]["name"] for s in raw(self.core.list_namespaced_service, self.namespace)["items"]}
 

@@ -86,10 +86,12 @@ def test_a_restart_is_recorded_before_its_pods_are_deleted_and_counted_once(
             bring_up(cluster, "llama")
             before = uids(cluster, members)
             cluster.kubelet.restarts["llama-worker-0-1"] = 1
-            # Every delete fails, yet the restart is in status: it was written first.
+            # Every delete fails, yet the restart is in status: it was written first. (The worker
+            # goes all the same: its StatefulSet is held at none until the old leader is gone.)
             poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="recorded")
             poll_until(lambda: refused.hits >= 4, TIMEOUT, what="the deletes retried")
-            assert uids(cluster, members) == before
+            assert uids(cluster, members) == {"llama-leader-0": before["llama-leader-0"]}
+            assert cluster.statefulset_replicas("llama-worker-0") == 0
             assert cluster.status("llama")["groups"][0]["restarts"] == 1, "retried deletes are not new restarts"
 
             refused.times = refused.hits  # the API server takes deletes again
@@ -98,6 +100,40 @@ def test_a_restart_is_recorded_before_its_pods_are_deleted_and_counted_once(
             poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
             assert cluster.status("llama")["groups"][0]["restarts"] == 1
             assert len(cluster.events("GroupRestart")) == 1
+
+
+def test_a_recreated_group_starts_no_worker_while_its_old_leader_drains(cluster: OperatorCluster) -> None:
+    """A new worker must rendezvous with the new leader only: the old one, still draining under its
+    preStop hook, would take it into a dying group, and its failure would restart the group again."""
+    members = group_pods(cluster, "llama", 0)
+    with cluster.operator():
+        cluster.create(small())
+        bring_up(cluster, "llama")
+        before = uids(cluster, members)
+        cluster.kubelet.draining.add("llama-leader-0")
+        cluster.kubelet.restarts["llama-worker-0-1"] = 1
+        poll_until(lambda: cluster.status("llama")["groups"][0]["restarts"] == 1, TIMEOUT, what="restart counted")
+        cluster.kubelet.restarts.clear()
+        poll_until(
+            lambda: cluster.pod("llama-leader-0")["metadata"].get("deletionTimestamp"), TIMEOUT, what="leader deleted"
+        )
+        poll_until(lambda: not uids(cluster, ["llama-worker-0-1"]), TIMEOUT, what="the old worker gone")
+
+        def held() -> bool:
+            return (
+                not uids(cluster, members)
+                and cluster.statefulset_replicas("llama-worker-0") == 0
+                and cluster.status("llama")["groups"][0]["phase"] == "Restarting"
+            )
+
+        holds(held, 3, "no new pod while the old leader drains")
+
+        cluster.kubelet.draining.clear()  # its preStop hook is done: the old leader goes
+        wait_replaced(cluster, members, before, "group recreated")
+        poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready again")
+        assert cluster.statefulset_replicas("llama-worker-0") == 1
+        assert cluster.status("llama")["groups"][0]["restarts"] == 1
+        assert len(cluster.events("GroupRestart")) == 1
 
 
 def test_an_object_the_api_server_refuses_is_named_and_others_keep_reconciling(cluster: OperatorCluster) -> None:
