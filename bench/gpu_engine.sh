@@ -26,6 +26,9 @@
 #   decodeab   bench/decode.py's batch-1 step (with its kernel profile) with TPSERVE_SKINNY_GEMM=0 and
 #              =auto, alternating, two rounds (one log: OUT/all.log)
 #   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
+#   ttft       .peer/peer_bench.py's batch-1 latency for both engines at 16- and 1024-token prompts
+#              (what the first token costs beyond the prefill itself), then tpserve's 16-token run
+#              again with the leader loop under cProfile (OUT/ttft_host.prof.txt); one log: OUT/all.log
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
 out=$1; deadline=$2; shift 2
@@ -103,6 +106,17 @@ for step in "${steps[@]}"; do
             --tp 1 --batches 1 --iters 100 --profile graph:1
         grep -h "batch-1 projection\|^graph \|^idle\|^step\|^gemm\|^other" "/tmp/gpu_step_decode_skinny_${mode}_$round.log" | cut -c1-160
     done; done ;;
+    ttft) for variant in tpserve:16:200 minisgl:16:200 tpserve:1024:100 minisgl:1024:100 profile:16:100; do
+        IFS=: read -r engine prompt limit <<< "$variant"
+        variant=$engine:$prompt  # an engine's first start may spend ~90 s in flashinfer's JIT
+        path=/tmp/site:$PWD/server profile=""
+        [ "$engine" = minisgl ] && path=/tmp/site:$PWD/.peer/mini-sglang/python
+        [ "$engine" = profile ] && engine=tpserve profile=$out/ttft_host.prof
+        TPSERVE_HOST_PROFILE=$profile GPU_ONE_LOG=1 GPU_TAIL=0 run "ttft_${variant/:/_}" "$limit" \
+            env PYTHONPATH="$path" python3 .peer/peer_bench.py --engine "$engine" --shape $L --latency 5 \
+            --latency-prompt "$prompt" --latency-output 64 --label "ttft-$variant" --jsonl "$out/ttft.jsonl"
+        grep -h "RESULT\|leader:\|engine ready\|Error" "/tmp/gpu_step_ttft_${variant/:/_}.log" | cut -c1-300
+    done; rm -f "$out/ttft_host.prof" ;;
     gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac
