@@ -23,6 +23,7 @@ from .spec import ServiceSpec
 Obj = dict[str, Any]
 
 BACKOFF_CAP_S = 300.0
+WAITING_FOR_OLD_PODS = "; new workers wait until these old pods are gone: "
 
 
 @dataclass(frozen=True)
@@ -224,13 +225,15 @@ def decide_group(
     replacing = set(previous.get("replacingPodUIDs") or [])
     lingering = [p for p in pods if p["metadata"].get("uid") in replacing]
     if lingering:
+        terminating = [p["metadata"]["name"] for p in lingering if p["metadata"].get("deletionTimestamp")]
+        reason = (previous.get("message") or "replacing the group's pods").split(WAITING_FOR_OLD_PODS)[0]
         return GroupDecision(
             phase="Restarting",
             gate=False,
             delete_pods=[p["metadata"]["name"] for p in lingering if not p["metadata"].get("deletionTimestamp")],
             replacing_pod_uids=_uids(lingering),
             pod_uids=[],
-            message=previous.get("message") or "replacing the group's pods",
+            message=reason + (WAITING_FOR_OLD_PODS + ", ".join(terminating) if terminating else ""),
             hold_workers=True,
             **base,
         )

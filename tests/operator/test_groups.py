@@ -127,6 +127,8 @@ def test_a_recreated_group_starts_no_worker_while_its_old_leader_drains(cluster:
             )
 
         holds(held, 3, "no new pod while the old leader drains")
+        message = cluster.status("llama")["groups"][0]["message"]
+        assert message.startswith("pod llama-worker-0-1 restarted") and message.endswith("gone: llama-leader-0")
 
         cluster.kubelet.draining.clear()  # its preStop hook is done: the old leader goes
         wait_replaced(cluster, members, before, "group recreated")
