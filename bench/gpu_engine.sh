@@ -26,6 +26,8 @@
 #   decodeab   bench/decode.py's batch-1 step (with its kernel profile) with TPSERVE_SKINNY_GEMM=0 and
 #              =auto, alternating, two rounds (one log: OUT/all.log)
 #   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
+#   prefillshort   bench/prefill.py --profile for one 16- and one 1024-token prompt: the eager prefill
+#              step's wall time against its kernels' busy time (is a short prefill launch-bound?)
 #   ttft       .peer/peer_bench.py's batch-1 latency for both engines at 16- and 1024-token prompts
 #              (what the first token costs beyond the prefill itself), then tpserve's 16-token run
 #              again with the leader loop under cProfile (OUT/ttft_host.prof.txt); one log: OUT/all.log
@@ -106,6 +108,10 @@ for step in "${steps[@]}"; do
             --tp 1 --batches 1 --iters 100 --profile graph:1
         grep -h "batch-1 projection\|^graph \|^idle\|^step\|^gemm\|^other" "/tmp/gpu_step_decode_skinny_${mode}_$round.log" | cut -c1-160
     done; done ;;
+    prefillshort) for tokens in 16 1024; do
+        GPU_TAIL=24 run "prefill_$tokens" 120 python3 bench/prefill.py --tokens $tokens --profile \
+            --json "$out/prefill_$tokens.json"
+    done ;;
     ttft) for variant in tpserve:16:200 minisgl:16:200 tpserve:1024:100 minisgl:1024:100 profile:16:100; do
         IFS=: read -r engine prompt limit <<< "$variant"
         variant=$engine:$prompt  # an engine's first start may spend ~90 s in flashinfer's JIT
