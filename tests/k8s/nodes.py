@@ -5,8 +5,9 @@ subresource, as kube-scheduler does; a pod a test names in `unschedulable` is in
 PodScheduled=False, reason Unschedulable, with the scheduler's message) and completes the deletion of its terminating pods (a pod
 bound to a node is only removed once its kubelet confirms, with a zero-grace delete).
 `SimulatedKubelet` adds pod status as a test dictates: containers ready or not, restart counts,
-terminating pods kept a while (a preStop hook draining), and Ready computed from ContainersReady and every readiness gate, as the kubelet does. The
-end-to-end harness (tests/e2e/kubelet.py) runs real processes on a `Node` instead.
+terminating pods kept a while (a preStop hook draining), and Ready computed from ContainersReady
+and every readiness gate, as the kubelet does. The end-to-end harness (tests/e2e/kubelet.py) runs
+real processes on a `Node` instead.
 """
 
 from __future__ import annotations
