@@ -106,8 +106,7 @@ class Kube:
         )
         if current is None:
             return "created"
-        before = current.get("metadata", {}).get("resourceVersion")
-        return "unchanged" if (applied or {}).get("metadata", {}).get("resourceVersion") == before else "patched"
+        return "unchanged" if _content(applied or {}) == _content(current) else "patched"
 
     async def _adopt_legacy_fields(self, obj: Obj, current: Obj | None) -> None:
         """Objects written by an operator before server-side apply are owned by its client's update
@@ -231,3 +230,13 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _content(obj: Obj) -> Obj:
+    """What an apply can change: the object without its status and the metadata every write moves.
+
+    A resourceVersion alone would not do: a controller writing the status (a StatefulSet's, right
+    after it is created) between our read and our apply moves it with nothing applied.
+    """
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+    return {k: v for k, v in obj.items() if k != "status"} | {"metadata": metadata}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -159,6 +160,28 @@ def test_applying_the_same_object_again_writes_nothing(control_plane: ControlPla
     kube = _operator_kube(control_plane)
     assert asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"}))) == "created"
     assert asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"}))) == "unchanged"
+
+
+def test_a_status_written_between_read_and_apply_is_no_change(control_plane: ControlPlane, namespace: str) -> None:
+    """The StatefulSet controller writes a new object's status within moments: written between the
+    operator's read and its apply, it moves the resourceVersion, but the apply changed nothing, and
+    says so (no Patched Event for it)."""
+    kube = _operator_kube(control_plane)
+    asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"})))
+    plain_call = kube._call
+    calls = 0
+
+    async def status_written_after_the_read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        result = await plain_call(fn, *args, **kwargs)
+        calls += 1
+        if calls == 1:  # the read: a controller writes the status now
+            kube.apps.patch_namespaced_stateful_set_status("group", namespace, {"status": {"collisionCount": 3}})
+        return result
+
+    kube._call = status_written_after_the_read  # type: ignore[method-assign]
+    assert asyncio.run(kube.apply(_statefulset(namespace, {"A": "1"}))) == "unchanged"
+    assert calls == 2
 
 
 def test_a_field_changed_by_hand_is_taken_back_and_foreign_fields_stay(
