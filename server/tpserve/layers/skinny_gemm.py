@@ -167,8 +167,11 @@ def linear(
     """F.linear, or the skinny kernel where x has 1 to `skinny_rows` rows (the projection's choice)
     and a CUDA graph is being captured: the choice was timed inside a graph, and launched one by
     one from Python a Triton kernel costs more host time than cuBLAS's (tens of µs against a few)."""
+    # skinny_rows first: 0 for every projection by default, so the common call (an eager prefill
+    # launches hundreds, host-bound at short prompts) pays one integer test.
     if (
-        x.dim() == 2
+        skinny_rows
+        and x.dim() == 2
         and 0 < x.shape[0] <= skinny_rows
         and x.dtype == weight.dtype
         and x.is_contiguous()
