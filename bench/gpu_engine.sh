@@ -11,7 +11,7 @@
 #   peerlauto      the same with TPSERVE_SKINNY_GEMM=auto (both timed per weight shape at start-up,
 #                  the faster kept at batch 1)
 #   kernels    bench/check_kernels.py (fused kernels vs the torch reference ops, whole-model logits)
-#   graphs     bench/check_cuda_graph.py (graph vs eager decode)
+#   graphs     bench/check_cuda_graph.py (graph vs eager decode, and prefill from the prefill graphs)
 #   overlap    bench/check_overlap.py (overlap on and off, same tokens)
 #   memory     bench/check_memory.py (largest steps at the default memory fraction)
 #   decode     bench/decode.py at tp=1, Llama-3.1-8B shape (TPOT against the HBM roofline), with
@@ -31,6 +31,10 @@
 #   ttft       .peer/peer_bench.py's batch-1 latency for both engines at 16- and 1024-token prompts
 #              (what the first token costs beyond the prefill itself), then tpserve's 16-token run
 #              again with the leader loop under cProfile (OUT/ttft_host.prof.txt); one log: OUT/all.log
+#   prefillgraph   bench/check_cuda_graph.py, then bench/prefill.py --graph (eager against the prefill
+#              CUDA graph, alternating) at 16, 128 and 512 tokens, then peer_bench's batch-1 latency at
+#              16- and 256-token prompts for tpserve with --cuda-graph-max-prefill-tokens 512, tpserve
+#              without, and Mini-SGLang (OUT/ttft_graph.jsonl; one log: OUT/all.log)
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
 out=$1; deadline=$2; shift 2
@@ -123,6 +127,22 @@ for step in "${steps[@]}"; do
             --latency-prompt "$prompt" --latency-output 64 --label "ttft-$variant" --jsonl "$out/ttft.jsonl"
         grep -h "RESULT\|leader:\|engine ready\|Error" "/tmp/gpu_step_ttft_${variant/:/_}.log" | cut -c1-300
     done; rm -f "$out/ttft_host.prof" ;;
+    prefillgraph) GPU_TAIL=16 run check_cuda_graph 150 python3 bench/check_cuda_graph.py
+        for tokens in 16 128 512; do
+            GPU_TAIL=4 run "prefill_graph_$tokens" 100 python3 bench/prefill.py --tokens $tokens --graph --iters 20 \
+                --json "$out/prefill_graph_$tokens.json"
+        done
+        for variant in graph:16 eager:16 minisgl:16 graph:256 eager:256 minisgl:256; do
+            IFS=: read -r engine prompt <<< "$variant"
+            path=/tmp/site:$PWD/server flags='{}'
+            [ "$engine" = graph ] && flags='{"cuda_graph_max_prefill_tokens": 512}'
+            [ "$engine" = minisgl ] && path=/tmp/site:$PWD/.peer/mini-sglang/python
+            [ "$engine" = minisgl ] || engine=tpserve
+            TPSERVE_PEER_FLAGS=$flags GPU_ONE_LOG=1 GPU_TAIL=0 run "ttft_graph_${variant/:/_}" 150 \
+                env PYTHONPATH="$path" python3 .peer/peer_bench.py --engine "$engine" --shape $L --latency 5 \
+                --latency-prompt "$prompt" --latency-output 64 --label "ttft-$variant" --jsonl "$out/ttft_graph.jsonl"
+            grep -h "RESULT\|leader:\|engine ready\|prefill graphs\|Error" "/tmp/gpu_step_ttft_graph_${variant/:/_}.log" | cut -c1-300
+        done ;;
     gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac

@@ -7,6 +7,8 @@ for every linear layer (the LM head only for the one position whose logits a pre
 causal attention's 2·T²·heads·head_dim per layer (QKᵀ and PV over the lower triangle). MFU is that
 over the time, over the device's dense bf16 tensor-core peak (989 TFLOPS for an H100/H200 SXM;
 `--peak-tflops` for any other device). `--profile` splits the step into kernel time by kind.
+`--graph` (CUDA only) also times the same step replayed from its prefill CUDA graph
+(`--cuda-graph-max-prefill-tokens`), alternating with the eager step, and compares their logits.
 
     python bench/prefill.py --shape bench/shapes/llama-3.1-8b.json --tokens 8192
 """
@@ -61,9 +63,12 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--peak-tflops", type=float, help="the device's dense tensor-core peak for --dtype")
     parser.add_argument("--profile", action="store_true", help="also split the step into kernel time by kind")
+    parser.add_argument("--graph", action="store_true", help="also time the step replayed from a prefill CUDA graph")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.graph and device.type != "cuda":
+        parser.error("--graph needs --device cuda")
     with shape_model_dir(args.shape) as model_dir:
         config = EngineConfig(
             model_path=str(model_dir),
@@ -76,7 +81,9 @@ def main() -> None:
             max_prefill_length=args.tokens,
             max_running_requests=1,
             max_total_tokens=args.tokens + args.page_size,
-            disable_cuda_graph=True,
+            disable_cuda_graph=not args.graph,
+            cuda_graph_max_bs=1,
+            cuda_graph_max_prefill_tokens=args.tokens if args.graph else 0,
         )
         model_config = config.validate()
         runner = ModelRunner(config, model_config, TPGroup(rank=0, world_size=1, device=device))
@@ -89,12 +96,20 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    times = []
-    for i in range(args.iters + 2):
-        started = time.perf_counter()
-        step()
-        if i >= 2:
-            times.append((time.perf_counter() - started) * 1e3)
+    def graph_step() -> None:
+        runner.forward(plan)
+        torch.cuda.synchronize(device)
+
+    if args.graph:
+        assert runner.prefill_graphs is not None and runner.prefill_graphs.can_run(plan), "no prefill graph fits"
+    times: list[float] = []
+    graph_times: list[float] = []
+    for i in range(args.iters + 2):  # alternating, so both see the same clocks and caches
+        for run, kept in [(step, times)] + ([(graph_step, graph_times)] if args.graph else []):
+            started = time.perf_counter()
+            run()
+            if i >= 2:
+                kept.append((time.perf_counter() - started) * 1e3)
     ms = statistics.median(times)
     flops = model_flops(model_config, args.tokens)
     peak = peak_tflops(device, args.peak_tflops)
@@ -115,6 +130,16 @@ def main() -> None:
     print(f"device: {result['device']}; shape {result['shape']}; {args.dtype}; one prompt of {args.tokens} tokens")
     print(f"{'step ms':>10}{'tok/s':>12}{'TFLOP':>9}{'TFLOPS':>9}{'MFU':>8}")
     print(f"{ms:>10.2f}{result['prefill_tok_s']:>12.0f}{flops / 1e12:>9.2f}{achieved:>9.1f}  {mfu}")
+    if args.graph:
+        graph_ms = statistics.median(graph_times)
+        eager_logits = runner.forward_eager(plan).float()
+        graph_logits = runner.forward(plan).float()
+        error = float((graph_logits - eager_logits).norm() / eager_logits.norm())
+        result |= {"graph_step_ms": graph_ms, "graph_over_eager": graph_ms / ms, "graph_rel_error": error}
+        print(
+            f"\nfrom its prefill CUDA graph: {graph_ms:.2f} ms ({graph_ms / ms:.3f}x the eager step); "
+            f"logits' relative error against eager {error:.2e}"
+        )
     if args.profile:
         profiled = profile_step(step, ms)
         result["profile"] = profiled.as_json()

@@ -1,10 +1,8 @@
 """Decode-graph plumbing on CPU: padding, static inputs and replay give the eager step's logits.
 
-CUDA graphs cannot be recorded without a GPU. What replays them is the same code on any device:
-DecodeGraphs stages each batch into static buffers, plans attention over them and replays. Here
-the recorder is `RecordedStep`, which replays by running the recorded step again on the same
-static buffers and writing into the same output tensor, as a graph replay does. The GPU check of
-real graphs against eager decode is bench/check_cuda_graph.py.
+The recorder is `ReplayByRerun` (graph_replay.py): it replays by rerunning the recorded step on
+the same static buffers. The GPU check of real graphs against eager decode is
+bench/check_cuda_graph.py.
 """
 
 from __future__ import annotations
@@ -18,32 +16,14 @@ import torch
 from tpserve.core.batch import ForwardBatch
 from tpserve.distributed.group import TPGroup
 from tpserve.engine.config import EngineConfig
-from tpserve.engine.cuda_graph import StepFn, graph_batch_sizes, pad_decode_batch
+from tpserve.engine.cuda_graph import graph_batch_sizes, pad_decode_batch
 from tpserve.engine.runner import ModelRunner
 from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
 from tpserve.kvcache.request_tables import RequestTables
 
+from .graph_replay import ReplayByRerun
+
 PAGE_SIZE = 4
-
-
-class RecordedStep:
-    def __init__(self, step: StepFn, output: torch.Tensor) -> None:
-        self.step = step
-        self.output = output
-
-    @torch.inference_mode()
-    def replay(self) -> None:
-        self.output.copy_(self.step())
-
-
-class ReplayByRerun:
-    def __init__(self) -> None:
-        self.recorded: list[int] = []
-
-    def capture(self, step: StepFn) -> tuple[RecordedStep, torch.Tensor]:
-        output = step()
-        self.recorded.append(output.shape[0])
-        return RecordedStep(step, output), output
 
 
 def test_captured_sizes_cover_every_batch_up_to_the_maximum() -> None:

@@ -23,6 +23,8 @@ class AttentionBackend(ABC):
     # Whether a decode step can be captured in a CUDA graph and replayed after
     # `plan_graph_decode`: every device tensor the step reads must stay at one address.
     supports_cuda_graph = False
+    # Whether a prefill step of one sequence can be captured and replayed after `plan_graph_prefill`.
+    supports_prefill_graph = False
 
     def __init__(self, cache: PagedKVCache, shape: AttentionLayerShape) -> None:
         self.cache = cache
@@ -49,6 +51,14 @@ class AttentionBackend(ABC):
         `inputs.slots` is then the graph's static slot tensor, filled inside the graph. The
         default plans as usual; backends that can be captured keep their own metadata in
         static buffers as well.
+        """
+        self.plan(inputs)
+
+    def plan_graph_prefill(self, inputs: StepInputs, bucket: int) -> None:
+        """Plan a prefill step of one sequence inside a captured graph of `bucket` token rows.
+
+        The sequence's tokens are the first `inputs.plan.num_tokens` rows; the rest pad the
+        bucket and need no attention output. `inputs.slots` is the graph's static slot tensor.
         """
         self.plan(inputs)
 

@@ -22,6 +22,7 @@ WORKSPACE_BYTES = 256 * 1024 * 1024
 
 class FlashInferPagedAttention(AttentionBackend):
     supports_cuda_graph = True
+    supports_prefill_graph = True
 
     def __init__(self, cache: PagedKVCache, shape: AttentionLayerShape) -> None:
         super().__init__(cache, shape)
@@ -37,12 +38,18 @@ class FlashInferPagedAttention(AttentionBackend):
         self.device = device
         self._decode_only = True
         self._active_decode = self.decode
+        self._active_prefill = self.prefill
         # CUDA-graph decode: one wrapper per captured batch size, all planning into shared
         # static buffers (flashinfer fixes the batch size of a graph-mode wrapper).
         self._graph_wrappers: dict[int, flashinfer.BatchDecodeWithPagedKVCacheWrapper] = {}
         self._graph_indptr = torch.empty(0, dtype=torch.int32, device=device)
         self._graph_indices = torch.empty(0, dtype=torch.int32, device=device)
         self._graph_last_page_len = torch.empty(0, dtype=torch.int32, device=device)
+        # CUDA-graph prefill of one sequence: one wrapper per captured token bucket, sharing
+        # [qo_indptr (2), kv_indptr (2), last_page_len (1)] and a page list.
+        self._prefill_graph_wrappers: dict[int, flashinfer.BatchPrefillWithPagedKVCacheWrapper] = {}
+        self._prefill_graph_small = torch.empty(0, dtype=torch.int32, device=device)
+        self._prefill_graph_indices = torch.empty(0, dtype=torch.int32, device=device)
 
     def release_graph_plans(self) -> None:
         # Graph-mode plans are sized by the cache's page count: a new cache needs new ones.
@@ -50,6 +57,9 @@ class FlashInferPagedAttention(AttentionBackend):
         self._graph_indptr = self._graph_indices = self._graph_last_page_len = torch.empty(
             0, dtype=torch.int32, device=self.device
         )
+        self._prefill_graph_wrappers.clear()
+        self._prefill_graph_small = self._prefill_graph_indices = torch.empty(0, dtype=torch.int32, device=self.device)
+        self._active_prefill = self.prefill
 
     @staticmethod
     def _host(values: IntArray) -> torch.Tensor:
@@ -70,6 +80,7 @@ class FlashInferPagedAttention(AttentionBackend):
         kv_indices = inputs.kv_indices.to(torch.int32)
         self._slots = inputs.slots
         self._decode_only = inputs.is_decode_only
+        self._active_prefill = self.prefill
         if self._decode_only:
             self._active_decode = self.decode
             self.decode.plan(kv_indptr, kv_indices, kv_last, head_dim=self.shape.head_dim, **self._plan_args())
@@ -121,9 +132,51 @@ class FlashInferPagedAttention(AttentionBackend):
         self._graph_wrappers[batch_size] = wrapper
         return wrapper
 
+    def plan_graph_prefill(self, inputs: StepInputs, bucket: int) -> None:
+        # One sequence of up to `bucket` rows: flashinfer's graph mode fixes the batch size (1)
+        # and the most rows (the bucket, from the plan at capture); the kernels then work on the
+        # planned rows only, read from the plan's device buffers at every replay.
+        wrapper = self._prefill_graph_wrapper(bucket)
+        wrapper.plan(
+            self._host(inputs.qo_indptr),
+            self._host(inputs.kv_indptr),
+            inputs.kv_indices.to(torch.int32),
+            self._host(inputs.kv_last_page_len),
+            head_dim_qk=self.shape.head_dim,
+            causal=True,
+            **self._plan_args(),
+        )
+        self._slots = inputs.slots
+        self._decode_only = False
+        self._active_prefill = wrapper
+
+    def _prefill_graph_wrapper(self, bucket: int) -> flashinfer.BatchPrefillWithPagedKVCacheWrapper:
+        wrapper = self._prefill_graph_wrappers.get(bucket)
+        if wrapper is not None:
+            return wrapper
+        # A sequence reads each cache page at most once; at capture, the padding row's bucket.
+        needed_indices = self.cache.shape.num_pages + -(-bucket // self.cache.shape.page_size)
+        if len(self._prefill_graph_indices) < needed_indices:
+            if self._prefill_graph_wrappers:
+                raise RuntimeError("capture the largest prefill graph first: its buffers are shared")
+            self._prefill_graph_small = torch.zeros(5, dtype=torch.int32, device=self.device)
+            self._prefill_graph_indices = torch.zeros(needed_indices, dtype=torch.int32, device=self.device)
+        small = self._prefill_graph_small
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            self.workspace,
+            "NHD",
+            use_cuda_graph=True,
+            qo_indptr_buf=small[0:2],
+            paged_kv_indptr_buf=small[2:4],
+            paged_kv_indices_buf=self._prefill_graph_indices,
+            paged_kv_last_page_len_buf=small[4:5],
+        )
+        self._prefill_graph_wrappers[bucket] = wrapper
+        return wrapper
+
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self._slots, k, v)
         cache = self.cache.layers[layer]
-        wrapper = self._active_decode if self._decode_only else self.prefill
+        wrapper = self._active_decode if self._decode_only else self._active_prefill
         out: torch.Tensor = wrapper.run(q.contiguous(), cache)
         return out.reshape(q.shape[0], -1)

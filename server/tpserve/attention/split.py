@@ -16,6 +16,7 @@ class PrefillDecodeSplit(AttentionBackend):
         self.decode = decode
         self._active = decode
         self.supports_cuda_graph = decode.supports_cuda_graph
+        self.supports_prefill_graph = prefill.supports_prefill_graph
 
     def bind(self, cache: PagedKVCache) -> None:
         super().bind(cache)
@@ -23,11 +24,16 @@ class PrefillDecodeSplit(AttentionBackend):
         self.decode.bind(cache)
 
     def release_graph_plans(self) -> None:
+        self.prefill.release_graph_plans()
         self.decode.release_graph_plans()
 
     def plan_graph_decode(self, inputs: StepInputs) -> None:
         self._active = self.decode
         self.decode.plan_graph_decode(inputs)
+
+    def plan_graph_prefill(self, inputs: StepInputs, bucket: int) -> None:
+        self._active = self.prefill
+        self.prefill.plan_graph_prefill(inputs, bucket)
 
     def plan(self, inputs: StepInputs) -> None:
         self._active = self.decode if inputs.is_decode_only else self.prefill

@@ -42,6 +42,9 @@ class EngineConfig:
     dist_timeout: float = 300.0
     seed: int = 0
     cuda_graph_max_bs: int = 256
+    # Single-sequence prefill steps of up to this many tokens replay from CUDA graphs (0: off,
+    # until a GPU run shows the gain; see prefill_graph.py).
+    cuda_graph_max_prefill_tokens: int = 0
     disable_cuda_graph: bool = False
     disable_custom_all_reduce: bool = False
     enable_p2p_check: bool = False
@@ -98,6 +101,8 @@ class EngineConfig:
             raise ConfigError(f"--max-prefill-streak must be >= 1, got {self.max_prefill_streak}")
         if self.cuda_graph_max_bs < 1:
             raise ConfigError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
+        if self.cuda_graph_max_prefill_tokens < 0:
+            raise ConfigError(f"--cuda-graph-max-prefill-tokens must be >= 0, got {self.cuda_graph_max_prefill_tokens}")
         if self.context_length is not None and self.context_length < 2:
             raise ConfigError(f"--context-length must be >= 2, got {self.context_length}")
         return model

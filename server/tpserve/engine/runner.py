@@ -27,6 +27,7 @@ from ..models.weights import LoadProgress, fill_dummy
 from .config import EngineConfig
 from .cuda_graph import CudaGraphCapture, DecodeGraphs, GraphCapture
 from .memory_probe import MemoryMeter, memory_meter, step_peak_bytes
+from .prefill_graph import PrefillGraphs
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class ModelRunner:
         self.tables = self._request_tables(self.attention.cache)
         use_graphs = config.use_cuda_graph and self._graphs_supported()
         graph_max_bs = min(config.cuda_graph_max_bs, self.max_running)
+        self.prefill_graph_tokens = self._prefill_graph_tokens() if use_graphs else 0
         graph_reserve = self._graph_memory_bytes(graph_max_bs) if use_graphs else 0
         meter = memory_meter(group.device)
         self.step_reserve = self._step_memory_bytes(meter) if meter is not None else 0
@@ -131,9 +133,10 @@ class ModelRunner:
                 graph_reserve / 2**30,
             )
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         if use_graphs:
             report_phase(Phase.CAPTURING_CUDA_GRAPHS)
-            self.graphs = self._capture_graphs(graph_max_bs, graph_reserve)
+            self.graphs, self.prefill_graphs = self._capture_graphs(graph_max_bs, graph_reserve)
 
     def _clamp_context_to_cache(self, cache_tokens: int) -> None:
         """One request must fit the whole cache: a longer context could never be served."""
@@ -172,6 +175,18 @@ class ModelRunner:
         )
         return False
 
+    def _prefill_graph_tokens(self) -> int:
+        """The largest prefill graph's token count (0: none), within what a prefill chunk can be."""
+        tokens = min(self.config.cuda_graph_max_prefill_tokens, self.config.max_prefill_length, self.max_model_len)
+        if tokens and not self.attention.supports_prefill_graph:
+            log.warning(
+                "rank %d: --attn %s cannot capture prefill steps: --cuda-graph-max-prefill-tokens ignored",
+                self.group.rank,
+                self.config.attention_backend,
+            )
+            return 0
+        return tokens
+
     def _step_memory_bytes(self, meter: MemoryMeter) -> int:
         """The largest step's transient memory (memory_probe.py), measured over the probe cache."""
         peak = step_peak_bytes(
@@ -192,50 +207,62 @@ class ModelRunner:
 
         Graphs cost more than their activations (instantiated graphs, one flashinfer plan buffer
         per captured size, the capture stream's library workspaces: 1.4 GiB for 35 graphs of an
-        8B model where one step's activations were 0.2 GiB), so the whole capture is measured,
-        then released; the real capture after the KV cache is allocated takes the same again.
+        8B model where one step's activations were 0.2 GiB), so the whole capture (prefill
+        graphs included) is measured, then released; the real capture after the KV cache is
+        allocated takes the same again.
         """
-        probe_graphs, used = self._measured_graphs(max_bs)
-        del probe_graphs
+        probe_decode, probe_prefill, used = self._measured_graphs(max_bs)
+        del probe_decode, probe_prefill
         self.attention.release_graph_plans()  # they hold device memory, and were sized for the probe
         gc.collect()
         torch.cuda.empty_cache()
         return int(used * GRAPH_MEMORY_HEADROOM) + GRAPH_MEMORY_FIXED_BYTES
 
-    def _measured_graphs(self, max_bs: int) -> tuple[DecodeGraphs, int]:
-        """Decode graphs over the attention backend's current cache, and the device bytes they took."""
+    def _measured_graphs(self, max_bs: int) -> tuple[DecodeGraphs, PrefillGraphs | None, int]:
+        """Decode and prefill graphs over the attention backend's current cache, and the device
+        bytes they took."""
         device = self.group.device
         gc.collect()
         torch.cuda.empty_cache()
         free_before, _ = torch.cuda.mem_get_info(device)
+        capture = CudaGraphCapture(device)  # one memory pool for all of them
         try:
-            graphs = self.decode_graphs(max_bs, CudaGraphCapture(device))
+            graphs = self.decode_graphs(max_bs, capture)
+            prefill = self.prefill_graphs_of(self.prefill_graph_tokens, capture) if self.prefill_graph_tokens else None
         except torch.OutOfMemoryError as exc:
             raise ConfigError(
-                f"out of GPU memory capturing decode CUDA graphs up to batch {max_bs}: lower "
-                "--mem-fraction-static or --cuda-graph-max-bs, or pass --disable-cuda-graph"
+                f"out of GPU memory capturing CUDA graphs (decode up to batch {max_bs}, prefill up to "
+                f"{self.prefill_graph_tokens} tokens): lower --mem-fraction-static, --cuda-graph-max-bs or "
+                "--cuda-graph-max-prefill-tokens, or pass --disable-cuda-graph"
             ) from exc
         torch.cuda.synchronize(device)
         free_after, _ = torch.cuda.mem_get_info(device)
-        return graphs, free_before - free_after
+        return graphs, prefill, free_before - free_after
 
     def decode_graphs(self, max_bs: int, capture: GraphCapture) -> DecodeGraphs:
         """Decode graphs over this runner's model, attention backend and request tables."""
         return DecodeGraphs(self.model, self.attention, self.tables, max_bs, capture)
 
-    def _capture_graphs(self, max_bs: int, reserved: int) -> DecodeGraphs:
+    def prefill_graphs_of(self, max_tokens: int, capture: GraphCapture) -> PrefillGraphs:
+        """Single-sequence prefill graphs over this runner's model, attention backend and tables."""
+        return PrefillGraphs(self.model, self.attention, self.tables, max_tokens, capture)
+
+    def _capture_graphs(self, max_bs: int, reserved: int) -> tuple[DecodeGraphs, PrefillGraphs | None]:
         started = time.monotonic()
-        graphs, used = self._measured_graphs(max_bs)
+        graphs, prefill, used = self._measured_graphs(max_bs)
         log.info(
-            "rank %d: captured %d decode CUDA graphs (batch 1..%d) in %.2fs using %.0f MiB (reserved %.0f MiB)",
+            "rank %d: captured %d decode CUDA graphs (batch 1..%d)%s in %.2fs using %.0f MiB (reserved %.0f MiB)",
             self.group.rank,
             len(graphs.sizes),
             max_bs,
+            ""
+            if prefill is None
+            else f" and {len(prefill.buckets)} prefill graphs (1 sequence, up to {max(prefill.buckets)} tokens)",
             time.monotonic() - started,
             used / 2**20,
             reserved / 2**20,
         )
-        return graphs
+        return graphs, prefill
 
     @property
     def kv_cache(self) -> PagedKVCache:
@@ -281,6 +308,8 @@ class ModelRunner:
         self.tables.apply(plan)
         if self.graphs is not None and self.graphs.can_run(plan):
             return self.graphs.run(plan)
+        if self.prefill_graphs is not None and self.prefill_graphs.can_run(plan):
+            return self.prefill_graphs.run(plan)
         return self._run_eager(plan)
 
     def forward_eager(self, plan: ForwardBatch) -> torch.Tensor:

@@ -258,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--cuda-graph-max-bs", type=_positive_int, default=256, help="largest decode batch captured in a CUDA graph"
     )
+    engine.add_argument(
+        "--cuda-graph-max-prefill-tokens",
+        type=_non_negative_int,
+        default=0,
+        help="replay prefill steps of one sequence and up to this many new tokens from CUDA graphs (0: off)",
+    )
     engine.add_argument("--disable-cuda-graph", action="store_true", help="run decode without CUDA graphs")
     engine.add_argument("--disable-custom-all-reduce", action="store_true", help="always use NCCL for all-reduce")
     engine.add_argument(
@@ -308,6 +314,7 @@ def engine_config_from(ns: argparse.Namespace) -> EngineConfig:
         dist_timeout=ns.dist_timeout,
         seed=ns.seed,
         cuda_graph_max_bs=ns.cuda_graph_max_bs,
+        cuda_graph_max_prefill_tokens=ns.cuda_graph_max_prefill_tokens,
         disable_cuda_graph=ns.disable_cuda_graph,
         disable_custom_all_reduce=ns.disable_custom_all_reduce,
         enable_p2p_check=ns.enable_p2p_check,
