@@ -56,12 +56,18 @@ class TPGroup:
         dist.all_reduce(tensor)
         return tensor
 
-    def gather_last_dim(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Concatenate each rank's slice along the last dimension (vocab-parallel logits)."""
+    def gather_last_dim_to_leader(self, tensor: torch.Tensor) -> torch.Tensor:
+        """On rank 0, every rank's slice concatenated along the last dimension; on the others,
+        their own slice. Vocab-parallel logits: only rank 0 samples, so only it receives them
+        (an all-gather would also send every follower the whole vocabulary's logits each step)."""
         if self.world_size == 1:
             return tensor
+        tensor = tensor.contiguous()
+        if not self.is_leader:
+            dist.gather(tensor, None, dst=0)
+            return tensor
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.gather(tensor, parts, dst=0)
         return torch.cat(parts, dim=-1)
 
     def broadcast_object(self, obj: Any) -> Any:

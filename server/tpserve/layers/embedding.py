@@ -43,7 +43,7 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(nn.Module):
-    """Logits for this rank's vocabulary range, gathered into full-vocabulary logits."""
+    """Logits for this rank's vocabulary range, gathered into full-vocabulary logits on rank 0."""
 
     def __init__(self, embedding: VocabParallelEmbedding, tied: bool) -> None:
         super().__init__()
@@ -57,7 +57,8 @@ class ParallelLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         projected = linear(hidden, self.weight, None, self.skinny_rows, self.skinny_config)
-        logits = self.embedding.group.gather_last_dim(projected)
+        # Rank 0 gets the whole vocabulary's logits; a follower keeps its own slice (unused).
+        logits = self.embedding.group.gather_last_dim_to_leader(projected)
         return logits[..., : self.embedding.vocab_size]
 
     def weight_specs(self, name: str) -> list[WeightSpec]:

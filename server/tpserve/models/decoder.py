@@ -167,7 +167,8 @@ class DecoderModel(nn.Module):
         sample_indices: torch.Tensor,
         attention: AttentionBackend,
     ) -> torch.Tensor:
-        """Logits [len(sample_indices), vocab] for the selected token positions, on every rank."""
+        """Logits [len(sample_indices), vocab] for the selected token positions on rank 0 (a
+        follower gets its vocabulary slice's)."""
         hidden = self.embed_tokens(token_ids)
         residual: torch.Tensor | None = None
         for layer in self.layers:
