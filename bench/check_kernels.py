@@ -2,9 +2,11 @@
 
 Each op runs both ways on fresh random inputs (non-contiguous q/k views, as the model passes
 them): RMSNorm, the fused residual add + RMSNorm, q/k RMSNorm on a strided slice, rotary (llama3 scaling),
-SiLU-and-multiply, the in-place q/k RMSNorm; and the one-kernel K/V cache write equals two separate writes.
-Then a whole decoder (dummy weights, torch attention) computes logits with the fused kernels
-and with the reference ops. Relative norm errors must stay within bf16 rounding. Exits non-zero
+SiLU-and-multiply, the in-place q/k RMSNorm; and the one-kernel K/V cache write equals two separate writes;
+the fused rotary + K/V store kernel (attention/rope_store.py) against flashinfer's rotary and the
+indexed store. Then a whole decoder (dummy weights, torch attention) computes logits with the fused
+kernels and with the reference ops, and one more with flashinfer attention and the rotary + store
+kernel. Relative norm errors must stay within bf16 rounding. Exits non-zero
 on any mismatch.
 
     python bench/check_kernels.py
@@ -13,6 +15,7 @@ on any mismatch.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from model_dirs import SHAPES, shape_model_dir
 from numerics import relative_error
 
+from tpserve.attention.rope_store import ROPE_STORE_ENV, rope_and_store
 from tpserve.core.batch import ForwardBatch
 from tpserve.distributed.group import TPGroup
 from tpserve.engine.config import EngineConfig
@@ -97,14 +101,36 @@ def check_kv_write() -> None:
         raise SystemExit("FAIL: the one-write K/V path stores different values")
 
 
-def check_model(shape: Path) -> float:
+def check_rope_store() -> dict[str, float]:
+    """q rotated in place and the cache rows written, as flashinfer's rotary and the indexed store do."""
+    rope = RopeConfig(theta=500000.0, rope_type="llama3", factor=8.0)
+    rotary = RotaryEmbedding(rope, 128, 4096, DTYPE, DEVICE)
+    shape = KVCacheShape(num_layers=1, num_pages=64, page_size=16, num_kv_heads=8, head_dim=128)
+    fused_cache, reference_cache = (PagedKVCache(shape, DTYPE, DEVICE) for _ in range(2))
+    qkv = torch.randn(37, (32 + 8 + 8) * 128, dtype=DTYPE, device=DEVICE)
+    q, k, v = (t.view(37, -1, 128) for t in qkv.split([32 * 128, 8 * 128, 8 * 128], dim=-1))
+    positions = torch.randint(0, 4096, (37,), device=DEVICE)
+    flat = torch.randperm(65 * 16, device=DEVICE)[:37]
+    slots = fused_cache.slots(flat // 16, flat % 16)
+    q_ref, k_ref = rotary(positions, q.clone(), k.clone())
+    reference_cache.write(0, slots, k_ref, v.clone())
+    assert rotary.fused_table is not None
+    rows = fused_cache.layers[0].view(-1, 8, 128)
+    rope_and_store(q, k, v, positions, rotary.fused_table, rows, slots)
+    return {
+        "rope_store_q": relative_error(q, q_ref),
+        "rope_store_cache": relative_error(fused_cache.layers[0], reference_cache.layers[0]),
+    }
+
+
+def check_model(shape: Path, attention: str = "torch") -> float:
     with shape_model_dir(shape) as model_dir:
         config = EngineConfig(
             model_path=str(model_dir),
             device="cuda",
             dtype="bfloat16",
             load_format="dummy",
-            attention_backend="torch",
+            attention_backend=attention,
             context_length=512,
             max_total_tokens=4096,
             disable_cuda_graph=True,
@@ -121,9 +147,12 @@ def check_model(shape: Path) -> float:
 def main() -> None:
     errors = check_ops()
     check_kv_write()
+    errors |= check_rope_store()
     errors["model_logits"] = check_model(SHAPES / "qwen3-0.6b.json")
+    os.environ[ROPE_STORE_ENV] = "1"  # read when the attention backend is built
+    errors["model_logits_rope_store"] = check_model(SHAPES / "qwen3-0.6b.json", attention="fi")
     print(json.dumps(errors, indent=2))
-    limits = {name: (5e-2 if name == "model_logits" else 1e-2) for name in errors}
+    limits = {name: (5e-2 if name.startswith("model_logits") else 1e-2) for name in errors}
     bad = [name for name, error in errors.items() if not error < limits[name]]
     if bad:
         raise SystemExit(f"FAIL: fused kernels differ from the reference: {bad}")

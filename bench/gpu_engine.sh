@@ -35,6 +35,9 @@
 #              CUDA graph, alternating) at 16, 128 and 512 tokens, then peer_bench's batch-1 latency at
 #              16- and 256-token prompts for tpserve with --cuda-graph-max-prefill-tokens 512, tpserve
 #              without, and Mini-SGLang (OUT/ttft_graph.jsonl; one log: OUT/all.log)
+#   ropestore  bench/check_kernels.py (the fused rotary + K/V store kernel among the others), then
+#              bench/decode.py's batch-1 and batch-64 steps with TPSERVE_ROPE_STORE=0 and =1,
+#              alternating, two rounds, with the batch-1 graph step's kernel profile (OUT/all.log)
 set -uo pipefail
 source "$(dirname "$0")/gpu_lib.sh"
 out=$1; deadline=$2; shift 2
@@ -143,6 +146,12 @@ for step in "${steps[@]}"; do
                 --latency-prompt "$prompt" --latency-output 64 --label "ttft-$variant" --jsonl "$out/ttft_graph.jsonl"
             grep -h "RESULT\|leader:\|engine ready\|prefill graphs\|Error" "/tmp/gpu_step_ttft_graph_${variant/:/_}.log" | cut -c1-300
         done ;;
+    ropestore) GPU_TAIL=30 run check_kernels 120 python3 bench/check_kernels.py
+        for round in 1 2; do for mode in 0 1; do
+            TPSERVE_ROPE_STORE=$mode GPU_ONE_LOG=1 GPU_TAIL=0 run "decode_rope_${mode}_$round" 90 python3 bench/decode.py \
+                --tp 1 --batches 1,64 --iters 100 --profile graph:1
+            grep -h "^graph \|^idle\|^step\|^gemm\|^other\|^rotary\|^kv write\|^norm\|^attention\|^activation" "/tmp/gpu_step_decode_rope_${mode}_$round.log" | cut -c1-160
+        done; done ;;
     gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -17,6 +18,19 @@ class AttentionLayerShape:
     num_kv_heads: int  # KV heads on this rank
     head_dim: int
     scale: float
+
+
+class Rotary(Protocol):
+    """The model's rotary embedding, as attention sees it (layers/rotary.py)."""
+
+    @property
+    def fused_table(self) -> torch.Tensor | None:
+        """[positions, head_dim] float32 cosines then sines, when a fused kernel may rotate."""
+        ...
+
+    def __call__(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class AttentionBackend(ABC):
@@ -61,6 +75,14 @@ class AttentionBackend(ABC):
         bucket and need no attention output. `inputs.slots` is the graph's static slot tensor.
         """
         self.plan(inputs)
+
+    def rotate_and_attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rotary: Rotary
+    ) -> torch.Tensor:
+        """Rotate q and k by `rotary` at `positions`, then `forward`. A backend may instead rotate
+        while it stores K and V (one kernel for both)."""
+        q, k = rotary(positions, q, k)
+        return self.forward(layer, q, k, v)
 
     @abstractmethod
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch
 
 from ..core.batch import IntArray, StepInputs
 from ..kvcache.paged_cache import PagedKVCache
-from .base import AttentionBackend, AttentionLayerShape
+from .base import AttentionBackend, AttentionLayerShape, Rotary
+from .rope_store import rope_and_store, rope_store_wanted
 
 WORKSPACE_BYTES = 256 * 1024 * 1024
 
@@ -36,6 +37,7 @@ class FlashInferPagedAttention(AttentionBackend):
         )
         self.prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
         self.device = device
+        self.rope_store = rope_store_wanted(device)  # rotary and K/V store in one kernel (opt-in)
         self._decode_only = True
         self._active_decode = self.decode
         self._active_prefill = self.prefill
@@ -174,9 +176,23 @@ class FlashInferPagedAttention(AttentionBackend):
         self._prefill_graph_wrappers[bucket] = wrapper
         return wrapper
 
+    def rotate_and_attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rotary: Rotary
+    ) -> torch.Tensor:
+        table = rotary.fused_table
+        if not self.rope_store or table is None:
+            return super().rotate_and_attend(layer, q, k, v, positions, rotary)
+        shape = self.cache.shape
+        rows = self.cache.layers[layer].view(-1, shape.num_kv_heads, shape.head_dim)
+        rope_and_store(q, k, v, positions, table, rows, self._slots)
+        return self._attend(layer, q)
+
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self._slots, k, v)
-        cache = self.cache.layers[layer]
+        return self._attend(layer, q)
+
+    def _attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """This step's attention of q over the layer's cache, which already holds the step's K/V."""
         wrapper = self._active_decode if self._decode_only else self._active_prefill
-        out: torch.Tensor = wrapper.run(q.contiguous(), cache)
+        out: torch.Tensor = wrapper.run(q.contiguous(), self.cache.layers[layer])
         return out.reshape(q.shape[0], -1)

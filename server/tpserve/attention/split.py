@@ -6,7 +6,7 @@ import torch
 
 from ..core.batch import StepInputs
 from ..kvcache.paged_cache import PagedKVCache
-from .base import AttentionBackend
+from .base import AttentionBackend, Rotary
 
 
 class PrefillDecodeSplit(AttentionBackend):
@@ -38,6 +38,11 @@ class PrefillDecodeSplit(AttentionBackend):
     def plan(self, inputs: StepInputs) -> None:
         self._active = self.decode if inputs.is_decode_only else self.prefill
         self._active.plan(inputs)
+
+    def rotate_and_attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rotary: Rotary
+    ) -> torch.Tensor:
+        return self._active.rotate_and_attend(layer, q, k, v, positions, rotary)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._active.forward(layer, q, k, v)

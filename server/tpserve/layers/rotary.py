@@ -64,6 +64,12 @@ class RotaryEmbedding(nn.Module):
             self.register_buffer("cos_sin", torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device), persistent=False)
         self.head_dim = head_dim
 
+    @property
+    def fused_table(self) -> torch.Tensor | None:
+        """[positions, head_dim] float32, the cosines then the sines, while the fused kernels are on
+        (an attention backend may then rotate inside its K/V store: attention/rope_store.py)."""
+        return self.cos_sin if self.kernels is not None else None
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [tokens, heads, head_dim] and k [tokens, kv_heads, head_dim], rotated (maybe in place)."""
         if self.kernels is not None:

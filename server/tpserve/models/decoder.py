@@ -58,8 +58,7 @@ class Attention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm.norm_heads_in_place(q), self.k_norm.norm_heads_in_place(k)
-        q, k = rotary(positions, q, k)
-        out: torch.Tensor = self.o_proj(attention.forward(self.layer, q, k, v))
+        out: torch.Tensor = self.o_proj(attention.rotate_and_attend(self.layer, q, k, v, positions, rotary))
         return out
 
     def weight_specs(self, prefix: str) -> list[WeightSpec]:
