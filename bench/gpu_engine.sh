@@ -23,6 +23,7 @@
 #              the same client, prompts and settings, chat requests (its server takes no token ids)
 #   onlineprefix   the same with shared prefixes: 4 system prompts of 448 tokens + 64 own tokens each
 #   onlinestreak   tpserve's server alone as in `online`, with --max-prefill-streak 4
+#   onlinestreak2  the same with --max-prefill-streak 2 (bench/schedule_sim.py's candidate)
 #   decodeab   bench/decode.py's batch-1 step (with its kernel profile) with TPSERVE_SKINNY_GEMM=0 and
 #              =auto, alternating, two rounds (one log: OUT/all.log)
 #   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
@@ -107,9 +108,10 @@ for step in "${steps[@]}"; do
         --question-len 32 --output-len 32 --conversations 32 --turns 6 ;;
     online) online_against_peer online ;;
     onlineprefix) online_against_peer online_prefix --shared-prefix 448 --prefix-groups 4 ;;
-    onlinestreak) GPU_TAIL=8 run online_streak_tpserve 100 python3 bench/online.py $ONLINE --label tpserve-streak4 \
-        --startup-timeout 200 --server-args "--page-size 16 --attn fi --max-prefill-length 8192 --max-prefill-streak 4" \
-        --log "$out/online_streak_tpserve_server.log" --json "$out/online_streak_tpserve.json" ;;
+    onlinestreak | onlinestreak2) streak=$([ "$step" = onlinestreak2 ] && echo 2 || echo 4)
+        GPU_TAIL=8 run "online_streak${streak}_tpserve" 100 python3 bench/online.py $ONLINE --label "tpserve-streak$streak" \
+        --startup-timeout 200 --server-args "--page-size 16 --attn fi --max-prefill-length 8192 --max-prefill-streak $streak" \
+        --log "$out/online_streak${streak}_tpserve_server.log" --json "$out/online_streak${streak}_tpserve.json" ;;
     decodeab) for round in 1 2; do for mode in 0 auto; do
         TPSERVE_SKINNY_GEMM=$mode GPU_ONE_LOG=1 GPU_TAIL=0 run "decode_skinny_${mode}_$round" 90 python3 bench/decode.py \
             --tp 1 --batches 1 --iters 100 --profile graph:1

@@ -191,6 +191,31 @@ def test_scheduler_bench_prints_a_row_per_size() -> None:
     ]
 
 
+def test_schedule_simulation_times_steps_by_its_cost_model(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    run_bench(
+        "schedule_sim.py",
+        "--clients",
+        "1,8",
+        "--streaks",
+        "1,1000",
+        "--output-len",
+        "8",
+        "--json",
+        str(out),
+        timeout_s=120,
+    )
+    rows = json.loads(out.read_text())
+    assert [(r["clients"], r["streak"]) for r in rows] == [(1, 1), (1, 1000), (8, 1), (8, 1000)]
+    alone = rows[0]  # one request at a time: its first token after one prefill step, then decode steps
+    assert alone["ttft_p50"] == pytest.approx(4.0 + 0.0265 * 512) and alone["itl_p50"] == pytest.approx(4.9 + 0.033)
+    # Eight prompts arriving 0.5 ms apart: alternating runs a decode step between the first prefill
+    # and the late arrivals' one, whose gap then shows in the streams' ITL p99; prefill-first
+    # prefills them back to back, before the streams' second tokens, so p99 is one decode step.
+    assert rows[3]["itl_p99"] == pytest.approx(4.9 + 0.033 * 8)
+    assert rows[2]["itl_p99"] > 10 * rows[3]["itl_p99"]
+
+
 def test_prefill_bench_counts_model_flops_and_reports_mfu(tmp_path: Path, tiny_checkpoint) -> None:
     out = tmp_path / "prefill.json"
     shape = tiny_checkpoint("llama") / "config.json"
