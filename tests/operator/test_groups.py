@@ -185,14 +185,15 @@ def test_a_change_of_nodes_rolls_the_group(cluster: OperatorCluster) -> None:
         bring_up(cluster, "llama")
         old_hash = cluster.status("llama")["specHash"]
         cluster.patch_spec("llama", {"nodes": 1})  # tp 4 on one node of 4 GPUs
-        poll_until(
-            lambda: (
-                [p["metadata"]["name"] for p in cluster.pods()] == ["llama-leader-0"]
-                and cluster.pod("llama-leader-0")["metadata"]["labels"]["tpserve.io/spec-hash"] != old_hash
-            ),
-            TIMEOUT,
-            what="one new pod per group",
-        )
+
+        def rolled_onto_one_pod() -> bool:
+            # One listing, read once: the old leader-0 may be deleted between a list and a read.
+            pods = cluster.pods()
+            return [p["metadata"]["name"] for p in pods] == ["llama-leader-0"] and (
+                pods[0]["metadata"]["labels"]["tpserve.io/spec-hash"] != old_hash
+            )
+
+        poll_until(rolled_onto_one_pod, TIMEOUT, what="one new pod per group")
         assert cluster.statefulset_names() == {"llama-leader"}
         poll_until(lambda: cluster.status("llama")["phase"] == "Ready", TIMEOUT, what="ready on one node")
         args = cluster.pod("llama-leader-0")["spec"]["containers"][0]["args"]
