@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from tpserve.distributed.group import TPGroup
+from tpserve.engine.config import EngineConfig
 from tpserve.engine.cuda_graph import StepFn
+from tpserve.engine.runner import ModelRunner
 
 
 class RecordedStep:
@@ -31,3 +34,17 @@ class ReplayByRerun:
         output = step()
         self.recorded.append(output.shape[0])
         return RecordedStep(step, output), output
+
+
+def float64_cpu_runner(model_path: str, page_size: int, context_length: int) -> ModelRunner:
+    """A tp=1 CPU runner in float64 (replayed and eager steps then agree to rounding), 8 rows."""
+    config = EngineConfig(
+        model_path=model_path,
+        device="cpu",
+        dtype="float64",
+        page_size=page_size,
+        max_running_requests=8,
+        max_total_tokens=512,
+        context_length=context_length,
+    )
+    return ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=torch.device("cpu")))

@@ -21,7 +21,7 @@ from tpserve.engine.runner import ModelRunner
 from tpserve.kvcache.paged_cache import KVCacheShape, PagedKVCache
 from tpserve.kvcache.request_tables import RequestTables
 
-from .graph_replay import ReplayByRerun
+from .graph_replay import ReplayByRerun, float64_cpu_runner
 
 PAGE_SIZE = 4
 
@@ -51,16 +51,7 @@ def test_padding_rows_only_touch_the_padding_page() -> None:
 
 @pytest.fixture(scope="module")
 def runner(tiny_checkpoint) -> ModelRunner:
-    config = EngineConfig(
-        model_path=str(tiny_checkpoint("llama")),
-        device="cpu",
-        dtype="float64",
-        page_size=PAGE_SIZE,
-        max_running_requests=8,
-        max_total_tokens=512,
-        context_length=64,
-    )
-    return ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=torch.device("cpu")))
+    return float64_cpu_runner(str(tiny_checkpoint("llama")), PAGE_SIZE, context_length=64)
 
 
 def _prefilled(runner: ModelRunner, rng: random.Random, count: int) -> tuple[list[list[int]], list[list[int]]]:

@@ -14,12 +14,11 @@ import torch
 
 from tpserve.core.batch import ForwardBatch
 from tpserve.core.errors import ConfigError
-from tpserve.distributed.group import TPGroup
 from tpserve.engine.config import EngineConfig
 from tpserve.engine.prefill_graph import prefill_buckets
 from tpserve.engine.runner import ModelRunner
 
-from .graph_replay import ReplayByRerun
+from .graph_replay import ReplayByRerun, float64_cpu_runner
 
 PAGE_SIZE = 4
 MAX_TOKENS = 48
@@ -35,16 +34,7 @@ def test_buckets_double_from_16_up_to_the_maximum() -> None:
 
 @pytest.fixture(scope="module")
 def runner(tiny_checkpoint) -> ModelRunner:
-    config = EngineConfig(
-        model_path=str(tiny_checkpoint("llama")),
-        device="cpu",
-        dtype="float64",
-        page_size=PAGE_SIZE,
-        max_running_requests=8,
-        max_total_tokens=512,
-        context_length=96,
-    )
-    return ModelRunner(config, config.validate(), TPGroup(rank=0, world_size=1, device=torch.device("cpu")))
+    return float64_cpu_runner(str(tiny_checkpoint("llama")), PAGE_SIZE, context_length=96)
 
 
 def _real_pages(runner: ModelRunner) -> list[torch.Tensor]:

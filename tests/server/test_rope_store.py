@@ -4,12 +4,9 @@ inside the whole model: bench/check_kernels.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from .triton_interpreter import run_interpreted
 
 # (tokens, query heads, KV heads, head dim)
 CASES = [(1, 4, 2, 128), (5, 8, 1, 64), (3, 2, 2, 16), (7, 6, 3, 96)]
@@ -58,13 +55,7 @@ print(json.dumps(results))
 
 
 def test_fused_rotary_and_store_equals_rotary_then_the_indexed_store() -> None:
-    pytest.importorskip("triton")
-    env = os.environ | {"TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHECK, json.dumps(CASES)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for case, result in zip(CASES, json.loads(proc.stdout.splitlines()[-1]), strict=True):
+    for case, result in zip(CASES, run_interpreted(CHECK, CASES), strict=True):
         assert result["q"] <= 0 and result["k_row"] <= 0, (case, result)
         assert result["v_row_exact"] and result["other_rows_kept"] and result["k_v_inputs_kept"], (case, result)
 

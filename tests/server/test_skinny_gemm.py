@@ -3,16 +3,12 @@ compiled: bench/gemv.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-import pytest
 import torch
 import torch.nn.functional as F
 
 from tpserve.layers import skinny_gemm
+
+from .triton_interpreter import run_interpreted
 
 # (rows, N, K, (BLOCK_N, BLOCK_K), bias)
 CASES = [
@@ -47,13 +43,7 @@ print(json.dumps(results))
 
 
 def test_skinny_kernel_equals_a_float32_product() -> None:
-    pytest.importorskip("triton")
-    env = os.environ | {"TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHECK, json.dumps(CASES)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for (rows, n, _, _, _), result in zip(CASES, json.loads(proc.stdout.splitlines()[-1]), strict=True):
+    for (rows, n, _, _, _), result in zip(CASES, run_interpreted(CHECK, CASES), strict=True):
         assert result["shape"] == [rows, n] and result["dtype"] == "torch.bfloat16"
         assert result["excess"] <= 0, (rows, n, result)
 
