@@ -179,8 +179,8 @@ class FlashInferPagedAttention(AttentionBackend):
     def rotate_and_attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rotary: Rotary
     ) -> torch.Tensor:
-        table = rotary.fused_table
-        if not self.rope_store or table is None:
+        table = rotary.fused_table if self.rope_store else None  # the default path asks nothing more
+        if table is None:
             return super().rotate_and_attend(layer, q, k, v, positions, rotary)
         shape = self.cache.shape
         rows = self.cache.layers[layer].view(-1, shape.num_kv_heads, shape.head_dim)

@@ -91,9 +91,23 @@ class CudaGraphCapture:
 
 
 @dataclass
-class _CapturedSize:
+class CapturedGraph:
     graph: Replayable
-    logits: torch.Tensor  # [size, vocab], rewritten by every replay
+    logits: torch.Tensor  # the step's output, rewritten by every replay
+
+
+def capture_largest_first(
+    sizes: list[int], capture: GraphCapture, staged_step: Callable[[int], StepFn]
+) -> dict[int, CapturedGraph]:
+    """One graph per size, the largest recorded first so that smaller ones reuse its pool blocks.
+
+    `staged_step(size)` stages that size's inputs (and plans attention) and returns the step.
+    """
+    captured = {}
+    for size in sorted(sizes, reverse=True):
+        graph, logits = capture.capture(staged_step(size))
+        captured[size] = CapturedGraph(graph, logits)
+    return captured
 
 
 class DecodeGraphs:
@@ -119,11 +133,7 @@ class DecodeGraphs:
         self.inputs = torch.zeros(4, self.max_bs, dtype=torch.int64, device=device)
         self.slots = torch.zeros(self.max_bs, 2, dtype=torch.int64, device=device)
         self.sample_indices = torch.arange(self.max_bs, dtype=torch.int64, device=device)
-        self.captured: dict[int, _CapturedSize] = {}
-        for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool blocks
-            self._stage(pad_decode_batch(_empty_batch(), size, tables.padding_row))
-            graph, logits = capture.capture(self._step_fn(size))
-            self.captured[size] = _CapturedSize(graph, logits)
+        self.captured = capture_largest_first(self.sizes, capture, self._staged_padding_step)
 
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.is_decode_only and 0 < batch.num_seqs <= self.max_bs
@@ -139,6 +149,11 @@ class DecodeGraphs:
             return logits
         # One token per row: a row's token index is its row index.
         return logits[torch.from_numpy(batch.logit_token_indices()).to(logits.device)]
+
+    def _staged_padding_step(self, size: int) -> StepFn:
+        """The step of `size` rows, staged with padding rows only (what a graph is recorded with)."""
+        self._stage(pad_decode_batch(_empty_batch(), size, self.tables.padding_row))
+        return self._step_fn(size)
 
     def _stage(self, padded: ForwardBatch) -> None:
         """Copy a padded batch into the static inputs and plan attention over them."""

@@ -21,7 +21,6 @@ Every rank captures the same buckets in the same order, so collectives inside th
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from ..attention import AttentionBackend
 from ..core.batch import ForwardBatch, StepInputs
 from ..kvcache.request_tables import RequestTables, host_tensor
 from ..models.decoder import DecoderModel
-from .cuda_graph import GraphCapture, Replayable, StepFn
+from .cuda_graph import GraphCapture, StepFn, capture_largest_first
 
 SMALLEST_BUCKET = 16
 
@@ -45,12 +44,6 @@ def prefill_buckets(max_tokens: int) -> list[int]:
         buckets.add(size)
         size *= 2
     return sorted(buckets)
-
-
-@dataclass
-class _CapturedBucket:
-    graph: Replayable
-    logits: torch.Tensor  # [1, vocab], rewritten by every replay
 
 
 class PrefillGraphs:
@@ -82,11 +75,7 @@ class PrefillGraphs:
             self.inputs[3 * width + 2 :],
         )
         self.slots = torch.zeros(width, 2, dtype=torch.int64, device=device)
-        self.captured: dict[int, _CapturedBucket] = {}
-        for bucket in reversed(self.buckets):  # largest first: smaller graphs reuse its pool blocks
-            self._stage(_padding_prefill(tables.padding_row, bucket), bucket)
-            graph, logits = capture.capture(self._step_fn(bucket))
-            self.captured[bucket] = _CapturedBucket(graph, logits)
+        self.captured = capture_largest_first(self.buckets, capture, self._staged_padding_step)
 
     def can_run(self, batch: ForwardBatch) -> bool:
         """One sequence prefilling at most `max_tokens` tokens, sampling only its last one."""
@@ -105,6 +94,11 @@ class PrefillGraphs:
         captured = self.captured[bucket]
         captured.graph.replay()
         return captured.logits
+
+    def _staged_padding_step(self, bucket: int) -> StepFn:
+        """The step of `bucket` rows, staged with the padding row's tokens (what a graph is recorded with)."""
+        self._stage(_padding_prefill(self.tables.padding_row, bucket), bucket)
+        return self._step_fn(bucket)
 
     def _stage(self, batch: ForwardBatch, bucket: int) -> None:
         """Copy the batch into the static inputs, padded to `bucket` rows, and plan attention."""

@@ -257,7 +257,7 @@ class ModelRunner:
             max_bs,
             ""
             if prefill is None
-            else f" and {len(prefill.buckets)} prefill graphs (1 sequence, up to {max(prefill.buckets)} tokens)",
+            else f" and {len(prefill.buckets)} prefill graphs (1 sequence, up to {prefill.max_tokens} tokens)",
             time.monotonic() - started,
             used / 2**20,
             reserved / 2**20,
