@@ -13,6 +13,8 @@ FROM ${CUDA_DEVEL_IMAGE} AS server
 ARG TORCH_VERSION=2.11.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG FLASHINFER_VERSION=0.6.8
+# flashinfer-jit-cache is not on PyPI: flashinfer publishes it per CUDA version, matching TORCH_INDEX's.
+ARG FLASHINFER_JIT_CACHE_INDEX=https://flashinfer.ai/whl/cu128
 # Hopper (H100/H200): the kernels are compiled for this architecture while the image is built.
 ARG CUDA_ARCH_LIST=9.0a
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -34,9 +36,9 @@ RUN apt-get update \
 
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && pip install "flashinfer-python==${FLASHINFER_VERSION}" \
-    # flashinfer-jit-cache compiles flashinfer's kernels ahead of time for FLASHINFER_CUDA_ARCH_LIST,
-    # so server pods never JIT-compile at start.
-    && pip install --no-build-isolation "flashinfer-jit-cache==${FLASHINFER_VERSION}"
+    # flashinfer-jit-cache holds flashinfer's kernels compiled ahead of time, so server pods do not
+    # JIT-compile at start (on a fresh H100 the sm90 prefill kernels alone are ~10 nvcc jobs of 70-90 s each).
+    && pip install "flashinfer-jit-cache==${FLASHINFER_VERSION}" --index-url "${FLASHINFER_JIT_CACHE_INDEX}"
 
 WORKDIR /opt/tpserve
 COPY server/ ./server/

@@ -4,6 +4,10 @@
 #   bash bench/gpu_engine.sh OUT_DIR DEADLINE_S [STEP...]
 # Needs .whl/ (flashinfer, tvm-ffi, pyzmq) and .peer/ (a copy of ../shared/peers, with jit_*.tgz
 # from an earlier call when there are some) carried. STEP (default: all, in this order):
+#   jitwarm    one short bench/prefill.py run with a long limit, first in a call on a fresh machine:
+#              flashinfer's JIT builds every attention kernel there once (the sm90 prefill kernels
+#              alone are ~10 objects of 70-90 s each), so later steps' limits time the steps, not the
+#              compiler (a step cut off mid-build loses its compile and the next starts it again)
 #   peer       .peer/run.sh q:tpserve q:minisgl l:tpserve l:minisgl
 #   peerq, peerl   only the Qwen3-0.6B parts, only the Llama-3.1-8B parts (offline and batch-1 decode)
 #   peerlskinny    tpserve's Llama-3.1-8B part again with TPSERVE_SKINNY_GEMM=1 (the Triton kernel at batch 1-4)
@@ -26,6 +30,10 @@
 #   onlinestreak2  the same with --max-prefill-streak 2 (bench/schedule_sim.py's candidate)
 #   decodeab   bench/decode.py's batch-1 step (with its kernel profile) with TPSERVE_SKINNY_GEMM=0 and
 #              =auto, alternating, two rounds (one log: OUT/all.log)
+#   ggufstash  keep the carried .gguf/ part (tools/gguf_parts.sh N) on the machine for `gguf`
+#   gguf       join the demo GGUF's three parts (carried over consecutive calls to one warm machine),
+#              check its sha256, then bench/check_gguf.py in bf16 and float16 (flashinfer) and float32
+#              (torch attention): tpserve's greedy answers against transformers' (sdpa and eager)
 #   gemv       bench/gemv.py: the batch-1 and batch-4 projections by cuBLAS and by the skinny kernel
 #   prefillshort   bench/prefill.py --profile for one 16- and one 1024-token prompt: the eager prefill
 #              step's wall time against its kernels' busy time (is a short prefill launch-bound?)
@@ -33,7 +41,7 @@
 #              (what the first token costs beyond the prefill itself), then tpserve's 16-token run
 #              again with the leader loop under cProfile (OUT/ttft_host.prof.txt); one log: OUT/all.log
 #   prefillgraph   bench/check_cuda_graph.py, then bench/prefill.py --graph (eager against the prefill
-#              CUDA graph, alternating) at 16, 128 and 512 tokens, then peer_bench's batch-1 latency at
+#              CUDA graph, alternating) at 16 and 512 tokens, then peer_bench's batch-1 latency at
 #              16- and 256-token prompts for tpserve with --cuda-graph-max-prefill-tokens 512, tpserve
 #              without, and Mini-SGLang (OUT/ttft_graph.jsonl; one log: OUT/all.log)
 #   ropestore  bench/check_kernels.py (the fused rotary + K/V store kernel among the others), then
@@ -94,6 +102,7 @@ for step in "${steps[@]}"; do
     peerlskinny | peerlcublas | peerlauto) mode=$(case $step in peerlskinny) echo 1 ;; peerlauto) echo auto ;; *) echo 0 ;; esac)
         TPSERVE_SKINNY_GEMM=$mode bash .peer/run.sh "$out/$step" $((deadline - SECONDS - 10)) l:tpserve 2>&1 |
         grep "RESULT\|leader:\|engine ready\|== " | cut -c1-400 ;;
+    jitwarm) GPU_TAIL=6 run jit_warmup 330 python3 bench/prefill.py --tokens 16 --iters 2 ;;
     kernels) GPU_TAIL=12 run check_kernels 90 python3 bench/check_kernels.py ;;
     graphs) GPU_TAIL=10 run check_cuda_graph 90 python3 bench/check_cuda_graph.py ;;
     overlap) GPU_TAIL=4 run check_overlap 120 python3 bench/check_overlap.py ;;
@@ -133,7 +142,7 @@ for step in "${steps[@]}"; do
         grep -h "RESULT\|leader:\|engine ready\|Error" "/tmp/gpu_step_ttft_${variant/:/_}.log" | cut -c1-300
     done; rm -f "$out/ttft_host.prof" ;;
     prefillgraph) GPU_TAIL=16 run check_cuda_graph 150 python3 bench/check_cuda_graph.py
-        for tokens in 16 128 512; do
+        for tokens in 16 512; do
             GPU_TAIL=4 run "prefill_graph_$tokens" 100 python3 bench/prefill.py --tokens $tokens --graph --iters 20 \
                 --json "$out/prefill_graph_$tokens.json"
         done
@@ -154,6 +163,15 @@ for step in "${steps[@]}"; do
                 --tp 1 --batches 1,64 --iters 100 --profile graph:1
             grep -h "^graph \|^idle\|^step\|^gemm\|^other\|^rotary\|^kv write\|^norm\|^attention\|^activation" "/tmp/gpu_step_decode_rope_${mode}_$round.log" | cut -c1-160
         done; done ;;
+    ggufstash) mkdir -p /tmp/gguf && cp .gguf/* /tmp/gguf/ && ls -l /tmp/gguf ;;
+    gguf) mkdir -p /tmp/gguf && cp .gguf/* /tmp/gguf/ 2> /dev/null
+        if (cd /tmp/gguf && [ -f SHA256SUMS ] && cat smollm2.gguf.part* > smollm2.gguf && sha256sum -c SHA256SUMS); then
+            for variant in bfloat16:fi float16:fi float32:torch; do
+                IFS=: read -r dtype attn <<< "$variant"
+                GPU_TAIL=14 run "check_gguf_$dtype" 150 python3 bench/check_gguf.py --model /tmp/gguf/smollm2.gguf \
+                    --dtype "$dtype" --attn "$attn"
+            done
+        else echo "== gguf: the parts on this machine do not make the file: $(ls /tmp/gguf)"; fi ;;
     gemv) GPU_TAIL=12 run gemv 150 python3 bench/gemv.py --rows 1,4 --json "$out/gemv.json" ;;
     *) echo "unknown step $step" ;;
     esac

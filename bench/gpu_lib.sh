@@ -1,5 +1,6 @@
 # Sourced by the bench/gpu_*.sh scripts: the set-up and step runner every GPU run shares.
-#   gpu_setup OUT            install the carried wheels (.whl/: flashinfer, the HTTP stack), put them
+#   gpu_setup OUT            install the carried wheels (.whl/: flashinfer, the HTTP stack; a warm
+#                            machine's earlier install when none are carried), put them
 #                            and server/ on PYTHONPATH, print the GPUs; results go under OUT
 #   gpu_step NAME LIMIT CMD  run CMD for at most LIMIT seconds with its output in OUT/NAME.log (or,
 #                            with GPU_ONE_LOG=1, appended to OUT/all.log: the device machine returns
@@ -11,7 +12,12 @@ GPU_WORKLOAD="--device cuda --dtype bfloat16 --attn fi --context-length 2100 --n
 gpu_setup() {
     GPU_OUT=$1
     mkdir -p "$GPU_OUT"
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
+    # A warm machine keeps /tmp/site between calls, so a call may leave .whl/ behind to carry more.
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
+    elif [ ! -d /tmp/site/flashinfer ]; then
+        echo "gpu_setup: no .whl/ carried and none installed on this machine" >&2; exit 1
+    fi
     export PYTHONPATH=/tmp/site:$PWD/server PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 }

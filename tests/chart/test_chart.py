@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -270,6 +271,12 @@ def test_dockerfile_passes_hadolint() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert "AS server" in text and "AS operator" in text
     assert text.count("USER 10001") == 2, "both images run as a non-root user"
+    # flashinfer's prebuilt kernels come from flashinfer's own index (PyPI has no flashinfer-jit-cache),
+    # for the CUDA version torch was built for.
+    jit_index = re.search(r"ARG FLASHINFER_JIT_CACHE_INDEX=https://flashinfer\.ai/whl/(cu\d+)", text)
+    torch_index = re.search(r"ARG TORCH_INDEX=https://download\.pytorch\.org/whl/(cu\d+)", text)
+    assert jit_index and torch_index and jit_index[1] == torch_index[1]
+    assert re.search(r"flashinfer-jit-cache==\S+ --index-url \"\$\{FLASHINFER_JIT_CACHE_INDEX\}\"", text)
 
 
 def test_the_group_labels_policy_is_installed_where_the_api_is_served() -> None:
