@@ -54,6 +54,27 @@ def transformers_answers(
     return answers
 
 
+def float32_gaps(
+    path: Path, prompts: list[list[int]], pairs: list[tuple[list[int], list[int]]], eos: int, device: str
+) -> list[float]:
+    """Where two answers part, the float32 logit of one engine's token minus the other's.
+
+    Each pair is (ours, theirs) for the prompt at the same index; a gap near 0 (against logits
+    spread over tens) is a near-tie that bf16's rounding can tip either way.
+    """
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model = model.to(device).eval()
+    gaps = []
+    with torch.no_grad():
+        for prompt, (ours, theirs) in zip(prompts, pairs):
+            n = common_prefix(ours, theirs)
+            context = torch.tensor([prompt + ours[:n]], device=device)
+            logits = model(context).logits[0, -1].float()
+            mine, other = (answer[n] if n < len(answer) else eos for answer in (ours, theirs))
+            gaps.append(float(logits[mine] - logits[other]))
+    return gaps
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -124,6 +145,13 @@ def main() -> None:
         print(
             f"transformers ({attention}) against transformers ({REFERENCE_ATTENTION[0]}), {args.dtype}: "
             f"{agreement(references[attention], theirs)}"
+        )
+    parted = [(prompt, (a, b)) for prompt, a, b in zip(prompts, ours, theirs) if a != b]
+    if parted:
+        gaps = float32_gaps(args.model, [p for p, _ in parted], [pair for _, pair in parted], eos, args.device)
+        print(
+            "where they part, float32 logit of tpserve's token minus transformers': "
+            + ", ".join(f"{gap:+.3f}" for gap in gaps)
         )
     raise SystemExit(0 if ours == theirs else 1)
 
