@@ -192,3 +192,21 @@ def test_llama3_rope_scaling_is_refused_by_name(tiny_checkpoint_dir_for_gguf, tm
 @pytest.fixture(scope="module")
 def tiny_checkpoint_dir_for_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("hf"), replace(GGUF_SPECS["llama"], num_layers=1))
+
+
+def test_the_gguf_check_script_compares_with_both_reference_attentions(
+    tiny_checkpoint_dir_for_gguf, tmp_path: Path
+) -> None:
+    # bench/check_gguf.py is the GPU check of issue 23; run here on CPU so it cannot rot between calls.
+    path = write_tiny_gguf(tiny_checkpoint_dir_for_gguf, tmp_path / "check.gguf", Q.Q8_0)
+    script = Path(__file__).resolve().parents[2] / "bench" / "check_gguf.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--model", str(path), "--device", "cpu", "--attn", "torch"]
+        + ["--dtype", "float32", "--max-tokens", "6"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "tpserve (torch) against transformers (sdpa), float32: 5/5 equal" in proc.stdout
+    assert "transformers (eager) against transformers (sdpa), float32: 5/5 equal" in proc.stdout
