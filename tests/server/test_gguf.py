@@ -200,9 +200,9 @@ def test_the_gguf_check_script_compares_with_both_reference_attentions(
     # bench/check_gguf.py is the GPU check of issue 23; run here on CPU so it cannot rot between calls.
     path = write_tiny_gguf(tiny_checkpoint_dir_for_gguf, tmp_path / "check.gguf", Q.Q8_0)
     script = Path(__file__).resolve().parents[2] / "bench" / "check_gguf.py"
+    flags = ["--device", "cpu", "--attn", "torch", "--dtype", "float32", "--max-tokens", "6"]
     proc = subprocess.run(
-        [sys.executable, str(script), "--model", str(path), "--device", "cpu", "--attn", "torch"]
-        + ["--dtype", "float32", "--max-tokens", "6"],
+        [sys.executable, str(script), "--model", str(path), *flags],
         capture_output=True,
         text=True,
         timeout=300,
