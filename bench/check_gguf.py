@@ -135,20 +135,16 @@ def main() -> None:
         print(f"| {question} | {len(a)} / {len(b)} | {common_prefix(a, b)}{'' if a == b else ' DIFFERS'} | {text} |")
         if a != b:
             print(f"|  transformers: | | | {tokenizer.decode(b, skip_special_tokens=True)!r} |")
-    print(
-        f"tpserve ({args.attn}) against transformers ({REFERENCE_ATTENTION[0]}), {args.dtype}: {agreement(ours, theirs)}"
-    )
-    for attention in REFERENCE_ATTENTION[1:]:
-        print(
-            f"tpserve ({args.attn}) against transformers ({attention}), {args.dtype}: {agreement(ours, references[attention])}"
-        )
-        print(
-            f"transformers ({attention}) against transformers ({REFERENCE_ATTENTION[0]}), {args.dtype}: "
-            f"{agreement(references[attention], theirs)}"
-        )
-    parted = [(prompt, (a, b)) for prompt, a, b in zip(prompts, ours, theirs) if a != b]
+    # tpserve against every reference, then the references against the first: their own spread.
+    ours_name, first = f"tpserve ({args.attn})", REFERENCE_ATTENTION[0]
+    comparisons = [(ours_name, ours, a) for a in REFERENCE_ATTENTION]
+    comparisons += [(f"transformers ({a})", references[a], first) for a in REFERENCE_ATTENTION[1:]]
+    for name, answers, reference in comparisons:
+        print(f"{name} against transformers ({reference}), {args.dtype}: {agreement(answers, references[reference])}")
+    parted = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
     if parted:
-        gaps = float32_gaps(args.model, [p for p, _ in parted], [pair for _, pair in parted], eos, args.device)
+        pairs = [(ours[i], theirs[i]) for i in parted]
+        gaps = float32_gaps(args.model, [prompts[i] for i in parted], pairs, eos, args.device)
         print(
             "where they part, float32 logit of tpserve's token minus transformers': "
             + ", ".join(f"{gap:+.3f}" for gap in gaps)

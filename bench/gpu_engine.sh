@@ -92,6 +92,10 @@ online_against_peer() {
         --log "$out/${name}_tpserve_server.log" --json "$out/${name}_tpserve.json"
 }
 
+# stash_gguf_part: the carried .gguf/ part (tools/gguf_parts.sh N) into /tmp/gguf, which outlives the call
+# while the machine stays warm.
+stash_gguf_part() { mkdir -p /tmp/gguf && cp .gguf/* /tmp/gguf/ 2> /dev/null; }
+
 for step in "${steps[@]}"; do
     case $step in
     peer) bash .peer/run.sh "$out/peer" $((deadline - SECONDS - 10)) q:tpserve q:minisgl l:tpserve l:minisgl 2>&1 |
@@ -163,8 +167,8 @@ for step in "${steps[@]}"; do
                 --tp 1 --batches 1,64 --iters 100 --profile graph:1
             grep -h "^graph \|^idle\|^step\|^gemm\|^other\|^rotary\|^kv write\|^norm\|^attention\|^activation" "/tmp/gpu_step_decode_rope_${mode}_$round.log" | cut -c1-160
         done; done ;;
-    ggufstash) mkdir -p /tmp/gguf && cp .gguf/* /tmp/gguf/ && ls -l /tmp/gguf ;;
-    gguf) mkdir -p /tmp/gguf && cp .gguf/* /tmp/gguf/ 2> /dev/null
+    ggufstash) stash_gguf_part && ls -l /tmp/gguf ;;
+    gguf) stash_gguf_part
         if (cd /tmp/gguf && [ -f SHA256SUMS ] && cat smollm2.gguf.part* > smollm2.gguf && sha256sum -c SHA256SUMS); then
             for variant in bfloat16:fi float16:fi float32:torch; do
                 IFS=: read -r dtype attn <<< "$variant"
